@@ -1,0 +1,1 @@
+"""Recipes for real base models and the demo task."""
