@@ -63,7 +63,7 @@ def check_output(out: Path, force: bool) -> None:
     foreign = sorted(p.name for p in out.iterdir() if p.name not in _known_bundle_files(out))
     if foreign:
         raise ShadowEdgeError(
-            f"output folder {out} holds files that are not part of a bundle "
+            f"output folder {out} contains files that are not part of a bundle "
             f"({', '.join(foreign[:5])}); --force only replaces bundles. Choose another path."
         )
 
@@ -143,7 +143,7 @@ def _special_tokens(source: Path, config) -> tuple[dict, str | None, dict]:
 
 
 def context_length(config, requested: int | None) -> int:
-    """Longest sequence the bundle may run: the model's limit, within its sliding window."""
+    """Return the maximum sequence length: the model's limit, within its sliding window."""
     limit = int(getattr(config, "max_position_embeddings", 0) or 0) or 4096
     window = getattr(config, "sliding_window", None)
     uses_window = getattr(config, "use_sliding_window", True)

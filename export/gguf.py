@@ -704,9 +704,20 @@ def _quantize_with_llama_cpp(llama_cpp, source: Path, target: Path, gguf_type: s
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(LLAMA_CPP_TYPES[gguf_type])
     partial = target.with_name(target.name + ".partial")
-    result = llama_cpp.llama_model_quantize(
-        str(source).encode(), str(partial).encode(), ctypes.byref(params)
-    )
+    # llama-cpp-python prints llama.cpp's log to stderr when this logger's level allows it,
+    # and the level is unset (one line per tensor) until a Llama is created. Version 0.3.36
+    # maps ggml's INFO to WARNING and WARN to ERROR, so ERROR drops the per-tensor lines and
+    # keeps llama.cpp's warnings, such as block-size fallbacks.
+    native_logger = logging.getLogger("llama-cpp-python")
+    previous_level = native_logger.level
+    if not logger.isEnabledFor(logging.DEBUG):
+        native_logger.setLevel(max(previous_level, logging.ERROR))
+    try:
+        result = llama_cpp.llama_model_quantize(
+            str(source).encode(), str(partial).encode(), ctypes.byref(params)
+        )
+    finally:
+        native_logger.setLevel(previous_level)
     if result != 0:
         partial.unlink(missing_ok=True)
         raise ShadowEdgeError(
@@ -714,4 +725,9 @@ def _quantize_with_llama_cpp(llama_cpp, source: Path, target: Path, gguf_type: s
             "its log above names the tensor, or pick f16 or q8_0"
         )
     os.replace(partial, target)
-    logger.info("quantized %s to %s with llama.cpp", target, gguf_type)
+    logger.info(
+        "quantized %s to %s with llama.cpp: tensor types %s",
+        target,
+        gguf_type,
+        read_gguf_summary(target)["tensor_types"],
+    )

@@ -79,7 +79,7 @@ def _safetensors_copy_of_pickle(adapter_dir: Path) -> Path:
         state = torch.load(pickle_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError or RuntimeError here
         raise CheckpointError(
-            f"{pickle_path}: refused to load: it holds more than plain tensors ({exc}). "
+            f"{pickle_path}: rejected: the pickle contains more than plain tensors ({exc}). "
             "Convert it to shadow_adapter.safetensors in a trusted environment."
         ) from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

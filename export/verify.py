@@ -30,12 +30,17 @@ from shadow_edge.runtime.model import ShadowEdgeModel
 logger = logging.getLogger(__name__)
 
 TIE_MARGIN = 1e-4
-# Pass thresholds per precision: max relative logit error (fp32 only), minimum top-1
-# agreement on teacher-forced answers, and whether greedy continuations must match exactly.
+# Pass thresholds per (precision, mode): max relative logit error, minimum teacher-forced
+# top-1 agreement with the fp32 reference, and whether greedy continuations must match.
+# The detached shadow is a much weaker model with many near-tied logits, so quantization
+# flips more of its top-1 choices; its floors are lower.
 THRESHOLDS = {
-    "fp32": {"relative_logit_error": 1e-3, "top1": 1.0, "greedy_exact": True},
-    "int8": {"relative_logit_error": None, "top1": 0.98, "greedy_exact": False},
-    "int4": {"relative_logit_error": None, "top1": 0.90, "greedy_exact": False},
+    ("fp32", "combined"): {"relative_logit_error": 1e-3, "top1": 1.0, "greedy_exact": True},
+    ("fp32", "detached"): {"relative_logit_error": 1e-3, "top1": 1.0, "greedy_exact": True},
+    ("int8", "combined"): {"relative_logit_error": None, "top1": 0.98, "greedy_exact": False},
+    ("int8", "detached"): {"relative_logit_error": None, "top1": 0.95, "greedy_exact": False},
+    ("int4", "combined"): {"relative_logit_error": None, "top1": 0.95, "greedy_exact": False},
+    ("int4", "detached"): {"relative_logit_error": None, "top1": 0.90, "greedy_exact": False},
 }
 GGUF_MIN_MATCH = 0.90
 
@@ -151,6 +156,7 @@ def verify_bundle(
     max_new_tokens: int = 64,
     task_examples: int = 0,
     threads: int | None = None,
+    gguf_prompts: int = 100,
     on_progress: Callable[[str], None] | None = None,
 ) -> VerifyReport:
     """Compare every precision and mode of a bundle with the reference model in `spec`."""
@@ -188,12 +194,15 @@ def verify_bundle(
     if manifest.gguf:
         if on_progress:
             on_progress("gguf")
-        gguf = verify_gguf(folder, manifest, prompts, max_new_tokens, threads)
+        # llama.cpp and the detached graph are cheap, so the GGUF gets more prompts.
+        gguf = verify_gguf(
+            folder, manifest, default_prompts(gguf_prompts), max_new_tokens, threads
+        )
     return VerifyReport(modes=modes, file_sizes=sizes, gguf=gguf)
 
 
 def _judge(report: ModeReport) -> None:
-    limits = THRESHOLDS[report.precision]
+    limits = THRESHOLDS[report.precision, report.mode]
     if limits["relative_logit_error"] is not None:
         if report.relative_logit_diff > limits["relative_logit_error"]:
             report.failures.append(

@@ -4,7 +4,8 @@
 2. train the demo ShadowPEFT adapter with shadow-peft, or reuse the cached one;
 3. held-out exact match with the reference libraries' own greedy decoding: the untuned
    base (transformers), combined and detached (shadow-peft);
-4. export an int8 bundle (plus fp32 for the parity check), print `verify`'s table;
+4. export an int8 bundle (plus fp32 for the parity check) with a q8_0 GGUF of the detached
+   shadow, and print `verify`'s table;
 5. run the int8 bundle through the torch-free runtime, combined and detached: exact match
    and tokens per second, plus three sample answers.
 """
@@ -15,6 +16,7 @@ import argparse
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 
 from rich.console import Console
@@ -116,6 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="bundle folder (default: under the cache)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # transformers and torch warn about their own deprecations on every step; the demo's
+    # output is the tables.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
     from shadow_edge.models.smollm2 import obtain_smollm2
     from shadow_edge.models.train import TrainSettings, adapter_cache_key, obtain_demo_adapter
@@ -129,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = TrainSettings()
     started = time.perf_counter()
-    with _progress() as progress:
+    with _progress() as progress:  # stays empty when the cached adapter is reused
         task = progress.add_task("training shadow adapter (shadow-peft)", total=settings.steps)
         adapter_dir = obtain_demo_adapter(
             base_dir,
@@ -167,8 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     key = adapter_cache_key(base_dir, settings)
     bundle_dir = args.output or cache_dir() / "bundles" / f"demo-{key}"
     started = time.perf_counter()
-    with console.status("exporting bundle (fp32 + int8)"):
-        export_bundle(base_dir, adapter_dir, bundle_dir, precisions=["fp32", "int8"], force=True)
+    with console.status("exporting bundle (fp32 + int8 graphs, q8_0 GGUF)"):
+        export_bundle(
+            base_dir, adapter_dir, bundle_dir, precisions=["fp32", "int8"], gguf_type="q8_0",
+            force=True,
+        )
     timings["export"] = time.perf_counter() - started
     console.print(f"bundle: {bundle_dir}")
 

@@ -180,7 +180,7 @@ class ShadowEdgeModel:
             return ids
         if not truncate:
             raise GenerationError(
-                f"prompt is {len(ids)} tokens but the context holds {self.context_length}; "
+                f"prompt is {len(ids)} tokens but the context length is {self.context_length}; "
                 "shorten it or pass truncate=True to keep only its last tokens"
             )
         logger.warning("prompt truncated from %d to its last %d tokens", len(ids), limit)

@@ -78,7 +78,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 @dataclass
 class AdapterInfo:
-    """What a checkpoint folder holds, read from its config and tensor headers."""
+    """Contents of a checkpoint folder, read from its config and tensor headers."""
 
     path: Path
     dialect: Dialect

@@ -49,6 +49,12 @@ def _add_verify(sub) -> None:
     p.add_argument("--prompts", type=int, default=16, help="held-out prompts for parity (16)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="greedy tokens per prompt (64)")
     p.add_argument(
+        "--gguf-prompts",
+        type=int,
+        default=100,
+        help="held-out prompts for the GGUF against the ONNX detached graph (100)",
+    )
+    p.add_argument(
         "--task-examples",
         type=int,
         default=0,
@@ -91,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_verify(sub)
     _add_run(sub)
+    from shadow_edge.bench_cli import add_bench
+
+    add_bench(sub)
     return parser
 
 
@@ -142,6 +151,7 @@ def cmd_verify(args) -> int:
         max_new_tokens=args.max_new_tokens,
         task_examples=args.task_examples,
         threads=args.threads,
+        gguf_prompts=args.gguf_prompts,
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))

@@ -9,7 +9,7 @@
 | corrupt or truncated weights  | read_safetensors_header     | the file, byte counts             |
 | keys that do not match config | check_against_base          | the tensor and config value       |
 | adapter for another base      | check_against_base          | both values                       |
-| unsafe pickle                 | load_shadow_peft            | "refused", how to convert         |
+| unsafe pickle                 | load_model                  | "rejected", how to convert        |
 | unsupported architecture      | check_architecture          | the supported list                |
 | existing output               | check_output                | --force or another path           |
 | foreign files with --force    | check_output                | the foreign files                 |
@@ -191,7 +191,7 @@ def test_unsafe_pickle_refused(tiny_llama, adapter_copy, capfd):
     base, _ = tiny_llama
     (adapter_copy / "shadow_adapter.safetensors").unlink()
     torch.save({"weights": _Payload()}, adapter_copy / "shadow_adapter.pt")
-    with pytest.raises(CheckpointError, match="refused to load"):
+    with pytest.raises(CheckpointError, match="rejected: the pickle contains more than"):
         load_model(base, adapter_copy)
     assert "this must never run" not in capfd.readouterr().out
 

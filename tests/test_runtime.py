@@ -139,7 +139,7 @@ def test_prompt_longer_than_context(tiny_llama, tmp_path):
     out = export_bundle(base, adapter, tmp_path / "bundle", context=32)
     short = load(out, mode="combined")
     prompt = " ".join(["light"] * 40)
-    with pytest.raises(GenerationError, match="prompt is 40 tokens but the context holds 32"):
+    with pytest.raises(GenerationError, match="prompt is 40 tokens but the context length is 32"):
         short.generate(prompt, max_new_tokens=4)
 
     truncated = short.generate(prompt, max_new_tokens=4, truncate=True)
