@@ -128,7 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
 
     from shadow_edge.models.smollm2 import obtain_smollm2
-    from shadow_edge.models.train import TrainSettings, adapter_cache_key, obtain_demo_adapter
+    from shadow_edge.models.train import (
+        TrainSettings,
+        adapter_cache_key,
+        demo_adapter_dir,
+        obtain_demo_adapter,
+    )
 
     timings = {}
     started = time.perf_counter()
@@ -139,15 +144,18 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = TrainSettings()
     started = time.perf_counter()
-    with _progress() as progress:  # stays empty when the cached adapter is reused
-        task = progress.add_task("training shadow adapter (shadow-peft)", total=settings.steps)
-        adapter_dir = obtain_demo_adapter(
-            base_dir,
-            settings,
-            on_step=lambda step, total, loss: progress.update(
-                task, completed=step, description=f"training shadow adapter, loss {loss:.3f}"
-            ),
-        )
+    if (demo_adapter_dir(base_dir, settings) / "shadow_adapter.safetensors").is_file():
+        adapter_dir = obtain_demo_adapter(base_dir, settings)
+    else:
+        with _progress() as progress:
+            task = progress.add_task("training shadow adapter (shadow-peft)", total=settings.steps)
+            adapter_dir = obtain_demo_adapter(
+                base_dir,
+                settings,
+                on_step=lambda step, total, loss: progress.update(
+                    task, completed=step, description=f"training shadow adapter, loss {loss:.3f}"
+                ),
+            )
     timings["adapter"] = time.perf_counter() - started
     training = json.loads((adapter_dir / "training.json").read_text())
     console.print(
@@ -179,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with console.status("exporting bundle (fp32 + int8 graphs, q8_0 GGUF)"):
         export_bundle(
-            base_dir, adapter_dir, bundle_dir, precisions=["fp32", "int8"], gguf_type="q8_0",
+            base_dir,
+            adapter_dir,
+            bundle_dir,
+            precisions=["fp32", "int8"],
+            gguf_type="q8_0",
             force=True,
         )
     timings["export"] = time.perf_counter() - started

@@ -217,6 +217,11 @@ def train_adapter(
     return stats
 
 
+def demo_adapter_dir(base_dir: Path, settings: TrainSettings) -> Path:
+    """Return where the demo adapter for this base and these settings is cached."""
+    return cache_dir() / "adapters" / f"demo-{adapter_cache_key(base_dir, settings)}"
+
+
 def obtain_demo_adapter(
     base_dir: Path,
     settings: TrainSettings | None = None,
@@ -224,7 +229,7 @@ def obtain_demo_adapter(
 ) -> Path:
     """Return the cached demo adapter for this base and settings, training it if needed."""
     settings = settings or TrainSettings()
-    adapter_dir = cache_dir() / "adapters" / f"demo-{adapter_cache_key(base_dir, settings)}"
+    adapter_dir = demo_adapter_dir(base_dir, settings)
     if (adapter_dir / "shadow_adapter.safetensors").is_file():
         return adapter_dir
     adapter_dir.parent.mkdir(parents=True, exist_ok=True)
