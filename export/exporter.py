@@ -180,6 +180,17 @@ def export_bundle(
         raise ShadowEdgeError(
             f"unknown precision {unknown or precisions}; choose from {', '.join(bundle.PRECISIONS)}"
         )
+    if "int4" in precisions and (int4_block_size < 16 or int4_block_size & (int4_block_size - 1)):
+        raise ShadowEdgeError(
+            f"--int4-block-size must be a power of two >= 16, got {int4_block_size}"
+        )
+    if gguf_type is not None:
+        from shadow_edge.export.gguf import SUPPORTED_GGUF_TYPES
+
+        if gguf_type not in SUPPORTED_GGUF_TYPES:
+            raise ShadowEdgeError(
+                f"unknown GGUF type {gguf_type!r}; choose from {', '.join(SUPPORTED_GGUF_TYPES)}"
+            )
     check_output(out, force)
 
     def stage(name: str) -> None:

@@ -195,9 +195,7 @@ def verify_bundle(
         if on_progress:
             on_progress("gguf")
         # llama.cpp and the detached graph are cheap, so the GGUF gets more prompts.
-        gguf = verify_gguf(
-            folder, manifest, default_prompts(gguf_prompts), max_new_tokens, threads
-        )
+        gguf = verify_gguf(folder, manifest, default_prompts(gguf_prompts), max_new_tokens, threads)
     return VerifyReport(modes=modes, file_sizes=sizes, gguf=gguf)
 
 

@@ -233,7 +233,11 @@ class GgufBackend:
         self.llm.n_tokens = len(self.tokens)
         self.llm.eval(new_tokens)
         self.tokens = self.tokens + list(new_tokens)
-        return np.array(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float32)[None, :]
+        # With logits_all=False, llama-cpp-python 0.3.36 no longer copies logits into
+        # `scores`, so the last position's row is read from the context directly.
+        vocab = self.llm.n_vocab()
+        logits = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(vocab,))
+        return np.array(logits, dtype=np.float32)[None, :]
 
     @property
     def cache_nbytes(self) -> int:

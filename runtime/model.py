@@ -118,8 +118,9 @@ class ShadowEdgeModel:
         if backend == "gguf":
             if mode != "detached":
                 raise BundleError(
-                    "the gguf backend runs the detached shadow only; llama.cpp cannot run the "
-                    "backbone. Use mode='detached', or backend='onnx' for combined mode."
+                    "the gguf backend runs the detached shadow only, because llama.cpp cannot run "
+                    "the backbone. Use detached mode (--detached), or the onnx backend for "
+                    "combined mode."
                 )
             if not self.manifest.gguf:
                 raise BundleError(
@@ -181,7 +182,7 @@ class ShadowEdgeModel:
         if not truncate:
             raise GenerationError(
                 f"prompt is {len(ids)} tokens but the context length is {self.context_length}; "
-                "shorten it or pass truncate=True to keep only its last tokens"
+                "shorten it, or pass truncate=True (--truncate) to keep only its last tokens"
             )
         logger.warning("prompt truncated from %d to its last %d tokens", len(ids), limit)
         return ids[-limit:]

@@ -21,7 +21,9 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.temperature) or self.temperature < 0:
-            raise GenerationError(f"temperature must be >= 0, got {self.temperature}")
+            raise GenerationError(
+                f"temperature must be a finite number >= 0, got {self.temperature}"
+            )
         if int(self.top_k) != self.top_k or self.top_k < 0:
             raise GenerationError(
                 f"top_k must be an integer >= 0 (0 disables it), got {self.top_k}"
@@ -30,7 +32,8 @@ class SamplingParams:
             raise GenerationError(f"top_p must be in (0, 1], got {self.top_p}")
         if not np.isfinite(self.repetition_penalty) or self.repetition_penalty <= 0:
             raise GenerationError(
-                f"repetition_penalty must be > 0 (1 disables it), got {self.repetition_penalty}"
+                f"repetition_penalty must be a finite number > 0 (1 disables it), "
+                f"got {self.repetition_penalty}"
             )
 
 

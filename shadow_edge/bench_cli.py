@@ -29,7 +29,7 @@ def add_bench(sub) -> None:
         metavar="N,N,...",
         default=",".join(map(str, bench.DEFAULT_PROMPT_LENGTHS)),
         help="comma-separated prompt lengths in tokens for time to first token (32,128,512); "
-        "the shortest one also precedes the decode run",
+        "the decode run follows the 128-token prompt, or the shortest when 128 is not listed",
     )
     p.add_argument(
         "--new-tokens",

@@ -86,6 +86,9 @@ def _add_run(sub) -> None:
     p.add_argument("--repetition-penalty", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument(
+        "--truncate", action="store_true", help="keep the last tokens of a prompt too long"
+    )
     p.add_argument("--json", action="store_true", help="print the result and stats as JSON")
     p.set_defaults(func=cmd_run)
 
@@ -140,6 +143,12 @@ def cmd_export(args) -> int:
 
 def cmd_verify(args) -> int:
     from shadow_edge.export.load import load_model
+
+    for name in ("prompts", "max_new_tokens", "gguf_prompts"):
+        if getattr(args, name) < 1:
+            raise ShadowEdgeError(
+                f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}"
+            )
     from shadow_edge.export.verify import verify_bundle
     from shadow_edge.report import print_verify_table
 
@@ -164,6 +173,7 @@ def _sampling_kwargs(args) -> dict:
     names = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed")
     kwargs = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     kwargs["stop"] = args.stop
+    kwargs["truncate"] = args.truncate
     return kwargs
 
 

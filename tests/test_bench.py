@@ -511,3 +511,10 @@ def test_settings_reject_bool_and_float():
         bench.BenchSettings(new_tokens=True)
     with pytest.raises(bench.BenchError, match="each prompt length must be an integer"):
         bench.BenchSettings(prompt_lengths=(8.5,))
+
+
+def test_decode_prompt_prefers_128():
+    from shadow_edge.bench import BenchSettings
+
+    assert BenchSettings(prompt_lengths=(32, 128, 512)).decode_prompt_length == 128
+    assert BenchSettings(prompt_lengths=(64, 16)).decode_prompt_length == 16

@@ -375,3 +375,37 @@ def test_no_bare_except_pass():
             if line.strip().startswith("except") and lines[i + 1].strip() == "pass":
                 offenders.append(f"{path.relative_to(root)}:{i + 1}")
     assert offenders == []
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"gguf_type": "bogus"}, "unknown GGUF type 'bogus'; choose from f32, f16"),
+        ({"precisions": ["int4"], "int4_block_size": 7}, "must be a power of two >= 16, got 7"),
+    ],
+)
+def test_export_options_checked_first(tiny_llama, tmp_path, monkeypatch, kwargs, message):
+    from shadow_edge.export import load
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(load, "load_model", never)
+    base, adapter = tiny_llama
+    with pytest.raises(ShadowEdgeError, match=message):
+        export_bundle(base, adapter, tmp_path / "bundle", **kwargs)
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_infinite_temperature(model):
+    with pytest.raises(GenerationError, match="temperature must be a finite number >= 0, got inf"):
+        model.generate("turn on the light", temperature=float("inf"))
+
+
+def test_cli_verify_rejects_zero_prompts(tiny_bundle, tiny_llama):
+    base, adapter = tiny_llama
+    done = _cli(
+        "verify", str(tiny_bundle), "--base", str(base), "--adapter", str(adapter), "--prompts", "0"
+    )
+    assert done.returncode == 2
+    assert "--prompts must be >= 1, got 0" in done.stderr

@@ -769,3 +769,22 @@ def test_smollm2_q8_0_matches_torch(tmp_path):
     assert llama_ids == ids
     assert np.abs(actual - expected).max() <= 0.01 * np.abs(expected).max()
     assert (actual.argmax(-1) == expected.argmax(-1)).mean() >= 0.95
+
+
+def test_runtime_gguf_backend_matches_onnx(tmp_path):
+    """The runtime's llama.cpp backend generates what the ONNX detached graph generates."""
+    pytest.importorskip("llama_cpp")
+    from shadow_edge.export.exporter import export_bundle
+    from shadow_edge.runtime import load
+    from tiny_models import make_bpe_base
+
+    base = make_bpe_base(tmp_path / "base", "llama")
+    adapter = make_shadow_peft_adapter(tmp_path / "adapter", base)
+    out = export_bundle(base, adapter, tmp_path / "bundle", gguf_type="f32")
+    onnx_model = load(out, mode="detached")
+    gguf_model = load(out, mode="detached", backend="gguf")
+    for prompt in ("turn on the light", "hello there"):
+        expected = onnx_model.generate(prompt, max_new_tokens=8, temperature=0.0)
+        actual = gguf_model.generate(prompt, max_new_tokens=8, temperature=0.0)
+        assert actual.tokens == expected.tokens
+        assert actual.probabilities == pytest.approx(expected.probabilities, rel=1e-3)

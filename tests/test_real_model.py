@@ -26,7 +26,9 @@ DEMO_SHAPE = dict(
 @pytest.fixture(scope="module")
 def real_adapter(smollm2_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("smollm2-adapter")
-    return make_shadow_peft_adapter(folder, smollm2_dir, seed=11, **DEMO_SHAPE)
+    # Mild noise: the adapter acts at every layer, but the model keeps SmolLM2's confident
+    # predictions, as a trained adapter does, so quantization floors mean something.
+    return make_shadow_peft_adapter(folder, smollm2_dir, seed=11, scale=0.02, **DEMO_SHAPE)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +88,9 @@ def test_int8_size_and_agreement(real_bundle, real_spec):
 
 
 def test_peft_dialect_parity(smollm2_dir, tmp_path):
-    adapter = make_peft_adapter(tmp_path / "adapter", smollm2_dir, seed=5)
+    # peft's update has no norm in front, so large noise makes the 30-layer loop chaotic:
+    # float32 rounding alone then moves peft's own logits by tens. 0.02 keeps it stable.
+    adapter = make_peft_adapter(tmp_path / "adapter", smollm2_dir, seed=5, scale=0.02)
     spec = load_model(smollm2_dir, adapter)
     assert spec.dialect == "peft"
     out = export_bundle(smollm2_dir, adapter, tmp_path / "bundle")

@@ -97,9 +97,14 @@ def make_shadow_peft_adapter(
     seed: int = 0,
     shadow_model_dir: Path | None = None,
     train_shadow_head: bool = False,
+    scale: float = 0.2,
     **settings,
 ) -> Path:
-    """Save a perturbed shadow-peft adapter (non-zero injection, update and projection)."""
+    """Save a perturbed shadow-peft adapter (non-zero injection, update and projection).
+
+    `scale` is the noise's standard deviation: large for tiny models, small where the
+    adapted model should stay close to a real base's confident predictions.
+    """
     from shadow_peft import ShadowConfig, ShadowForCausalLM, get_shadow_model
     from transformers import AutoModelForCausalLM
 
@@ -114,11 +119,11 @@ def make_shadow_peft_adapter(
         defaults["modules_to_save"] = ["shadow_lm_head"]
     peft = get_shadow_model(base, ShadowConfig(**defaults), shadow_model=explicit)
     model = ShadowForCausalLM(peft)
-    perturb_(peft.shadow_injection_model, seed + 1, scale=0.2)
-    perturb_(peft.shadow_update_model, seed + 2, scale=0.2)
-    perturb_(peft.shadow_hidden_projection, seed + 3, scale=0.2)
+    perturb_(peft.shadow_injection_model, seed + 1, scale=scale)
+    perturb_(peft.shadow_update_model, seed + 2, scale=scale)
+    perturb_(peft.shadow_hidden_projection, seed + 3, scale=scale)
     if train_shadow_head:
-        perturb_(model.shadow_lm_head, seed + 4, scale=0.2)
+        perturb_(model.shadow_lm_head, seed + 4, scale=scale)
     model.save_pretrained(folder)
     return folder
 
@@ -205,7 +210,9 @@ def make_bpe_base(
     return folder
 
 
-def make_peft_adapter(folder: Path, base_dir: Path, seed: int = 0, **config_overrides) -> Path:
+def make_peft_adapter(
+    folder: Path, base_dir: Path, seed: int = 0, scale: float = 0.2, **config_overrides
+) -> Path:
     """Save a perturbed peft ShadowPEFT adapter (a mirror shadow unless overridden).
 
     Every parameter peft marks trainable gets noise, so the zero-initialized injection `up`
@@ -213,6 +220,11 @@ def make_peft_adapter(folder: Path, base_dir: Path, seed: int = 0, **config_over
     subset of decoder blocks with `target_modules`, for example `["model.layers.1",
     "model.layers.2"]`. `layers_to_transform` does not select whole blocks, because peft 0.21
     applies it only to module names that continue past the layer index.
+
+    `scale` is the noise's standard deviation. Keep it small (0.02) on real models, because
+    peft's update MLPs read the raw, unnormalized block output. At 0.2 on the 30-layer SmolLM2,
+    float32 rounding grows into logit differences as large as the logits themselves, even
+    between peft's own sdpa and eager attention.
     """
     from peft import ShadowConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -236,7 +248,7 @@ def make_peft_adapter(folder: Path, base_dir: Path, seed: int = 0, **config_over
     with torch.no_grad():
         for param in model.parameters():
             if param.requires_grad:
-                param.add_(torch.randn(param.shape, generator=gen) * 0.2)
+                param.add_(torch.randn(param.shape, generator=gen) * scale)
     model.save_pretrained(folder)
     return folder
 
