@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import glob
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -593,17 +591,9 @@ def test_pre_tokenizer_unknown_warns_default(cases, tmp_path, caplog):
     assert "tokenizer.ggml.pre = 'default'" in caplog.text
 
 
-def smollm2_folder() -> Path | None:
-    cache = Path(os.environ.get("SHADOW_EDGE_CACHE", Path.home() / ".cache" / "shadow-edge"))
-    found = sorted(glob.glob(str(cache / "models" / "smollm2-135m-instruct-*")))
-    return Path(found[0]) if found and (Path(found[0]) / "tokenizer.json").is_file() else None
-
-
-def test_pre_tokenizer_smollm2_by_fingerprint():
-    folder = smollm2_folder()
-    if folder is None:
-        pytest.skip("SmolLM2 model folder not in the shadow-edge cache")
-    assert pre_tokenizer_name(folder) == "smollm"
+@pytest.mark.real_model
+def test_pre_tokenizer_smollm2_by_fingerprint(smollm2_dir):
+    assert pre_tokenizer_name(smollm2_dir) == "smollm"
 
 
 # --- rejected input -----------------------------------------------------------------------
@@ -740,14 +730,12 @@ def test_invalid_tokenizer_json_rejected(cases, tmp_path):
 
 
 @pytest.mark.real_model
-def test_smollm2_q8_0_matches_torch(tmp_path):
+def test_smollm2_q8_0_matches_torch(tmp_path, smollm2_dir):
     """On SmolLM2 (Llama layout, tied head) q8_0 keeps tokenization and next-token choices."""
     llama_cpp = pytest.importorskip("llama_cpp")
     from transformers import AutoTokenizer
 
-    base_dir = smollm2_folder()
-    if base_dir is None:
-        pytest.skip("SmolLM2 model folder not in the shadow-edge cache")
+    base_dir = smollm2_dir
     make_shadow_peft_adapter(tmp_path / "adapter", base_dir)
     spec = load_model(base_dir, tmp_path / "adapter")
     path = write_shadow_gguf(spec, base_dir, tmp_path / "shadow.gguf", "q8_0")
