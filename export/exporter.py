@@ -72,6 +72,8 @@ def check_output(out: Path, force: bool) -> None:
 def staging_folder(out: Path):
     """Yield a temporary folder beside `out`; move it into place only on success."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    # mkdtemp makes the folder private (0700); a bundle is meant to be shared and read.
+    tmp.chmod(0o755)
     try:
         yield tmp
     except BaseException:

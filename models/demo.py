@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 
     key = adapter_cache_key(base_dir, settings)
     bundle_dir = args.output or cache_dir() / "bundles" / f"demo-{key}"
+    bundle_dir.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with console.status("exporting bundle (fp32 + int8 graphs, q8_0 GGUF)"):
         export_bundle(
