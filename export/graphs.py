@@ -8,8 +8,8 @@ the checkpoint's own modules (projections, norms, MLP, rotary embedding), and th
 tests hold it to the reference library's forward.
 
 Logits are computed only at the positions listed in the `logits_indices` input. Combined
-mode passes an empty list to the shadow graph, so it never pays for the shadow head, and
-the last position to the backbone; `verify` passes every position.
+mode passes an empty list to the shadow graph, so it never pays for the shadow head. It
+passes only the last position to the backbone, and `verify` passes every position.
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ def quantize_int4(source: Path, target: Path, block_size: int = DEFAULT_INT4_BLO
     """Write a 4-bit block-quantized copy of `source` (MatMulNBits, GatherBlockQuantized).
 
     NOTE: on SmolLM2-135M with the demo adapter, block size 32 costs 10 points of demo
-    exact match (75.0% against 85.0%); smaller blocks or an 8-bit head are untried.
+    exact match (75.0% against 85.0%). Smaller blocks or an 8-bit head are untried.
     """
     if block_size < 16 or block_size & (block_size - 1):
         raise ValueError(f"int4 block size must be a power of two >= 16, got {block_size}")

@@ -30,9 +30,9 @@ def _strftime_now(fmt: str) -> str:
 class ChatTemplate:
     """Render chat messages with a bundle's Jinja template the way transformers does.
 
-    transformers compiles chat templates in an immutable sandbox with `trim_blocks` and
-    `lstrip_blocks`, a `raise_exception` helper, `strftime_now`, and the tokenizer's
-    special tokens as variables; this mirrors that set-up.
+    transformers (5.25, `utils/chat_template_utils.py`) compiles chat templates in an
+    immutable sandbox with `trim_blocks` and `lstrip_blocks`, a `raise_exception` helper,
+    `strftime_now`, and the tokenizer's special tokens as variables. This class does the same.
     """
 
     def __init__(self, source: str, special_tokens: dict[str, Any]) -> None:
