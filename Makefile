@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean-venv
+.PHONY: demo bench test lint clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml Makefile
 
 demo: $(STAMP)
 	$(PY) -m shadow_edge.models.demo
+
+# Needs `make demo` first; run it on a quiet machine.
+bench: $(STAMP)
+	$(PY) -m shadow_edge.models.bench_demo
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -36,8 +36,8 @@ def _known_bundle_files(folder: Path) -> set[str]:
     """Return the names an earlier export may have written into `folder`."""
     known = {bundle.MANIFEST, bundle.SHADOW_GGUF, *TOKENIZER_FILES}
     for graph in ("shadow", "backbone"):
-        known.add(f"{graph}.onnx")
-        known.update(f"{graph}.{p}.onnx" for p in bundle.PRECISIONS)
+        for name in (f"{graph}.onnx", *(f"{graph}.{p}.onnx" for p in bundle.PRECISIONS)):
+            known.update((name, bundle.external_data_name(name)))
     manifest = folder / bundle.MANIFEST
     if manifest.is_file():
         try:
@@ -210,6 +210,8 @@ def export_bundle(
         shadow_cache = onnx_export.export_shadow_graph(spec, fp32_shadow)
         stage("tracing backbone graph")
         backbone_cache = onnx_export.export_backbone_graph(spec, fp32_backbone)
+        for source in (fp32_shadow, fp32_backbone):
+            onnx_export.move_weights_to_external_data(source)
 
         graph_files: dict[str, dict[str, str]] = {"shadow": {}, "backbone": {}}
         for precision in precisions:
@@ -223,10 +225,12 @@ def export_bundle(
                     quantize.quantize_int8(source, target)
                 else:
                     quantize.quantize_int4(source, target, block_size=int4_block_size)
+                onnx_export.move_weights_to_external_data(target)
                 graph_files[graph][precision] = target.name
         if "fp32" not in precisions:
-            fp32_shadow.unlink()
-            fp32_backbone.unlink()
+            for source in (fp32_shadow, fp32_backbone):
+                source.unlink()
+                source.with_name(bundle.external_data_name(source.name)).unlink()
 
         tokenizer_source = _tokenizer_dir(base)
         gguf_info = None

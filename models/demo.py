@@ -4,8 +4,8 @@
 2. train the demo ShadowPEFT adapter with shadow-peft, or reuse the cached one;
 3. held-out exact match with the reference libraries' own greedy decoding: the untuned
    base (transformers), combined and detached (shadow-peft);
-4. export an int8 bundle (plus fp32 for the parity check) with a q8_0 GGUF of the detached
-   shadow, and print `verify`'s table;
+4. export an int8 bundle (plus fp32 for the parity check, and int4) with a q8_0 GGUF of the
+   detached shadow, and print `verify`'s table;
 5. run the int8 bundle through the torch-free runtime, combined and detached: exact match
    and tokens per second, plus three sample answers.
 """
@@ -186,12 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     bundle_dir = args.output or cache_dir() / "bundles" / f"demo-{key}"
     bundle_dir.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with console.status("exporting bundle (fp32 + int8 graphs, q8_0 GGUF)"):
+    with console.status("exporting bundle (fp32, int8 and int4 graphs, q8_0 GGUF)"):
         export_bundle(
             base_dir,
             adapter_dir,
             bundle_dir,
-            precisions=["fp32", "int8"],
+            precisions=["fp32", "int8", "int4"],
             gguf_type="q8_0",
             force=True,
         )

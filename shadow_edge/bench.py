@@ -64,14 +64,15 @@ PROMPT_TEXT = (
 )
 
 SHADOW_PEFT_NOTE = (
-    "peft 0.21.2's generate() returns wrong tokens under transformers 5.25, because its "
-    "shadow decodes each new token without the shadow's past"
+    "shadow-peft 0.1.1's forward never reads the cache that transformers 5.x's generate() "
+    "passes (it arrives as `cache=`), so every new token recomputes the whole sequence"
 )
 PEFT_NOTE = (
-    "peft's generate() returns wrong tokens under transformers 5.x (seen with "
+    "timing only: peft's generate() returns wrong tokens under transformers 5.x (seen with "
     "peft 0.21.2 and transformers 5.25), because its shadow decodes each new token without "
     "the shadow's past"
 )
+PEFT_DETACHED_NOTE = "peft's unload_shadow(): the shadow network alone, as a causal LM"
 
 
 class BenchError(ShadowEdgeError):
@@ -189,6 +190,8 @@ class CompareSpec:
     shadow_model: str | None = None
     base_gguf: str | None = None
     references: tuple[str, ...] = REFERENCES
+    # A peft-format adapter for the peft rows when `adapter` is in shadow-peft's format.
+    peft_adapter: str | None = None
 
     def __post_init__(self) -> None:
         if not self.base or not self.adapter:
@@ -203,6 +206,8 @@ class CompareSpec:
                 f"choose from {', '.join(REFERENCES)}"
             )
         _check_model_folder("--base", self.base, hub_allowed=True)
+        if self.peft_adapter and not Path(self.peft_adapter).expanduser().is_dir():
+            raise BenchError(f"--peft-adapter {self.peft_adapter}: folder not found")
         if self.shadow_model:
             _check_model_folder("--shadow-model", self.shadow_model, hub_allowed=True)
         if self.base_gguf:
@@ -441,26 +446,34 @@ def plan_references(
                 )
 
     if "peft" in compare.references:
-        ref_id, label = "peft/combined/fp32/torch", "peft combined (timing only)"
+        peft_adapter, reason = _peft_adapter(compare, info.dialect is Dialect.PEFT)
         missing = hf_missing or _missing_module("peft")
-        if info.dialect is not Dialect.PEFT:
-            skip(ref_id, label, "the adapter is in shadow-peft's format, which peft can't load")
-        elif missing:
-            skip(ref_id, label, f"{missing} is not installed")
-        else:
-            configs.append(
-                Configuration(
-                    id=ref_id,
-                    label=label,
-                    engine="peft",
-                    mode="combined",
-                    precision="fp32",
-                    backend="torch",
-                    options=hf_options,
-                    files={**base_files, **adapter_files, **shadow_files},
-                    note=PEFT_NOTE,
+        rows = (
+            ("combined", "peft combined (timing only)", PEFT_NOTE),
+            ("detached", "peft detached (unload_shadow)", PEFT_DETACHED_NOTE),
+        )
+        for mode, label, note in rows:
+            ref_id = f"peft/{mode}/fp32/torch"
+            if reason:
+                skip(ref_id, label, reason)
+            elif missing:
+                skip(ref_id, label, f"{missing} is not installed")
+            else:
+                if peft_adapter != compare.adapter:
+                    note = f"{note}; adapter {peft_adapter}"
+                configs.append(
+                    Configuration(
+                        id=ref_id,
+                        label=label,
+                        engine="peft",
+                        mode=mode,
+                        precision="fp32",
+                        backend="torch",
+                        options={**hf_options, "adapter": peft_adapter},
+                        files={**base_files, **_folder_files(peft_adapter), **shadow_files},
+                        note=note,
+                    )
                 )
-            )
 
     if "transformers" in compare.references:
         ref_id, label = "transformers/base/fp32/torch", "transformers base fp32"
@@ -516,6 +529,25 @@ def plan_references(
                 )
             )
     return configs, skipped
+
+
+def _peft_adapter(compare: CompareSpec, adapter_is_peft: bool) -> tuple[str | None, str | None]:
+    """Return the adapter the peft rows load, or None with the reason there is none."""
+    if adapter_is_peft:
+        return compare.adapter, None
+    if compare.peft_adapter:
+        from shadow_edge.checkpoint import Dialect, inspect_adapter
+
+        if inspect_adapter(compare.peft_adapter).dialect is not Dialect.PEFT:
+            raise BenchError(
+                f"--peft-adapter {compare.peft_adapter}: not a peft ShadowPEFT adapter "
+                "(no adapter_config.json with peft_type SHADOW)"
+            )
+        return compare.peft_adapter, None
+    return None, (
+        "the adapter is in shadow-peft's format, which peft can't load; pass a peft adapter "
+        "of the same size with --peft-adapter"
+    )
 
 
 # --- prompts and machine -------------------------------------------------------------------
@@ -775,6 +807,20 @@ RATIOS = (
         COMBINED_INT8,
         "decode_tps",
         3.0,
+    ),
+    RatioSpec(
+        "detached int8 decode vs shadow-peft detached generate",
+        DETACHED_INT8,
+        "shadow-peft/detached/",
+        "decode_tps",
+        None,
+    ),
+    RatioSpec(
+        "detached int8 decode vs peft unloaded shadow",
+        DETACHED_INT8,
+        "peft/detached/",
+        "decode_tps",
+        None,
     ),
     RatioSpec(
         "combined int8 peak memory vs its files on disk",

@@ -77,6 +77,11 @@ def add_bench(sub) -> None:
     )
     p.add_argument("--base-gguf", metavar="PATH", help="GGUF of the base model, for --compare")
     p.add_argument(
+        "--peft-adapter",
+        metavar="DIR",
+        help="peft ShadowPEFT adapter for the peft rows when --adapter is a shadow-peft one",
+    )
+    p.add_argument(
         "--references",
         metavar="LIST",
         help=f"comma-separated references for --compare (default: {','.join(bench.REFERENCES)})",
@@ -84,6 +89,9 @@ def add_bench(sub) -> None:
 
     p.add_argument("--json", metavar="PATH", help="also write the full report as JSON")
     p.add_argument("--chart", metavar="PATH", help="also draw a PNG chart")
+    p.add_argument(
+        "--markdown", metavar="PATH", help="also write the tables as Markdown (for a README)"
+    )
     p.set_defaults(func=cmd_bench)
 
 
@@ -96,6 +104,7 @@ def _compare_spec(args) -> bench.CompareSpec | None:
                 ("--adapter", args.adapter),
                 ("--shadow-model", args.shadow_model),
                 ("--base-gguf", args.base_gguf),
+                ("--peft-adapter", args.peft_adapter),
                 ("--references", args.references),
             )
             if value
@@ -117,6 +126,7 @@ def _compare_spec(args) -> bench.CompareSpec | None:
         shadow_model=args.shadow_model,
         base_gguf=args.base_gguf,
         references=references,
+        peft_adapter=args.peft_adapter,
     )
 
 
@@ -140,6 +150,9 @@ def cmd_bench(args) -> int:
         backends = bench.parse_choices("--backends", args.backends, bench.BACKENDS)
     compare = _compare_spec(args)
     json_path = bench.check_output_file("--json", args.json) if args.json else None
+    markdown_path = None
+    if args.markdown:
+        markdown_path = bench.check_output_file("--markdown", args.markdown)
     chart_path = None
     if args.chart:
         chart_path = bench.check_output_file("--chart", args.chart)
@@ -177,6 +190,9 @@ def cmd_bench(args) -> int:
     if chart_path is not None:
         bench.write_chart(report, chart_path)
         console.print(f"wrote {chart_path}")
+    if markdown_path is not None:
+        markdown_path.write_text(markdown_report(report), encoding="utf-8")
+        console.print(f"wrote {markdown_path}")
     return 0
 
 
@@ -243,13 +259,54 @@ def print_report(report: dict[str, Any], console) -> None:
     for column in ("ratio", "value", "target", "result"):
         ratios.add_column(column)
     for ratio in report["ratios"]:
-        value = "n/a" if ratio["value"] is None else f"{ratio['value']:.2f}x"
-        if ratio["target"] is None:
-            target = "report only"
-        else:
-            target = f"{'>=' if ratio['target_is_minimum'] else '<='} {ratio['target']:g}x"
-        result = {True: "met", False: "[red]missed[/red]", None: "n/a"}[ratio["met"]]
-        if ratio["target"] is None:
-            result = "-"
+        value, target, result = _ratio_cells(ratio)
+        if result == "missed":
+            result = "[red]missed[/red]"
         ratios.add_row(ratio["name"], value, target, result)
     console.print(ratios)
+
+
+def _ratio_cells(ratio: dict[str, Any]) -> tuple[str, str, str]:
+    value = "n/a" if ratio["value"] is None else f"{ratio['value']:.2f}x"
+    if ratio["target"] is None:
+        return value, "report only", "-"
+    sign = ">=" if ratio["target_is_minimum"] else "<="
+    result = {True: "met", False: "missed", None: "n/a"}[ratio["met"]]
+    return value, f"{sign} {ratio['target']:g}x", result
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    """Render the rows, skipped rows and ratios of a report as Markdown tables."""
+    settings = report["settings"]
+    machine = report["machine"]
+    lengths = settings["prompt_lengths"]
+    lines = [
+        f"Run {report['created']}, shadow-edge {report['shadow_edge']}, "
+        f"{machine['cpu_model']} ({machine['logical_cpus']} logical CPUs), "
+        f"{settings['threads']} threads. Each cell is the median (min-max) of "
+        f"{settings['repeats']} timed runs after {settings['warmup_passes']} warm-up pass. "
+        f"Decode: {settings['new_tokens']} new tokens after the "
+        f"{settings['decode_prompt_length']}-token prompt.",
+        "",
+        "| configuration | load ms | "
+        + " | ".join(f"first token ms @{n}" for n in lengths)
+        + " | decode tok/s | peak RSS MiB | disk MiB |",
+        "| --- | " + " | ".join("---:" for _ in range(len(lengths) + 4)) + " |",
+    ]
+    for row in report["rows"]:
+        cells = [
+            row["label"],
+            _median_range(row["load_s"], 1000),
+            *(_median_range(row["ttft_s"][str(n)], 1000) for n in lengths),
+            _median_range(row["decode_tps"]),
+            _mib(row["peak_rss_bytes"]),
+            _mib(row["disk_bytes"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    for entry in report["skipped"]:
+        lines.append("")
+        lines.append(f"Skipped {entry['label']}: {entry['reason']}.")
+    lines += ["", "| ratio | value | target | result |", "| --- | ---: | --- | --- |"]
+    for ratio in report["ratios"]:
+        lines.append("| " + " | ".join((ratio["name"], *_ratio_cells(ratio))) + " |")
+    return "\n".join(lines) + "\n"

@@ -207,6 +207,8 @@ class HfRunner:
             if config.get("shadow_model"):
                 adapter_config.shadow_model = config["shadow_model"]
             model = PeftModel.from_pretrained(base, config["adapter"], config=adapter_config)
+            if config["mode"] == "detached":
+                model = model.unload_shadow()
         else:
             model = base
         model.eval()

@@ -6,6 +6,8 @@ A bundle is a folder:
     manifest.json       format version, model, graphs and their I/O, files with sha256
     shadow.onnx         detached path: token ids -> s0, shadow logits, shadow KV cache
     backbone.onnx       base path: token ids + s0 -> logits, base KV cache
+    *.onnx.data         each graph's weights (ONNX external data), which onnxruntime maps
+                        from disk instead of copying them out of the graph file
     shadow.gguf         (optional) the detached shadow as a stock llama.cpp model
     tokenizer.json      and the other tokenizer files
 
@@ -40,6 +42,11 @@ SHADOW_HIDDEN = "shadow_hidden"
 LOGITS = "logits"
 
 PRECISIONS = ("fp32", "int8", "int4")
+
+
+def external_data_name(graph_file: str) -> str:
+    """Return the name of the file that holds a graph's weights (ONNX external data)."""
+    return graph_file + ".data"
 
 
 def past_name(layer: int, kind: str) -> str:
@@ -106,6 +113,16 @@ class Manifest:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    def graph_files(self, precision: str, graphs: tuple[str, ...] = ("shadow", "backbone")):
+        """List the files the given graphs load at `precision`: each graph and its weights."""
+        names = []
+        for graph in graphs:
+            name = getattr(self, graph).files[precision]
+            names.append(name)
+            if external_data_name(name) in self.files:
+                names.append(external_data_name(name))
+        return names
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:

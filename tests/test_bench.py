@@ -65,6 +65,8 @@ def bench_run(tiny_bundle, tiny_llama, tmp_path_factory):
         str(out / "report.json"),
         "--chart",
         str(out / "chart.png"),
+        "--markdown",
+        str(out / "report.md"),
     )
     report = json.loads((out / "report.json").read_text())
     return code, printed, report, out
@@ -131,7 +133,9 @@ def test_bench_disk_sizes_match_files(bench_run, tiny_bundle):
         bundle.MANIFEST,
         "tokenizer.json",
         "shadow.int8.onnx",
+        "shadow.int8.onnx.data",
         "backbone.int8.onnx",
+        "backbone.int8.onnx.data",
     }
     assert set(combined_int8["files"]) == {str(tiny_bundle.resolve() / n) for n in expected}
     detached_fp32 = rows_by_id(report)["shadow-edge/detached/fp32/onnx"]
@@ -139,6 +143,7 @@ def test_bench_disk_sizes_match_files(bench_run, tiny_bundle):
         bundle.MANIFEST,
         "tokenizer.json",
         "shadow.onnx",
+        "shadow.onnx.data",
     }
 
 
@@ -213,6 +218,25 @@ def test_bench_prints_tables(bench_run):
     assert "n/a" in printed  # the peft and llama.cpp ratios
 
 
+def test_bench_markdown_matches_report(bench_run):
+    _, _, report, out = bench_run
+    text = (out / "report.md").read_text()
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    header = next(line for line in table if line.startswith("| configuration |"))
+    separator = text.splitlines()[text.splitlines().index(header) + 1]
+    assert separator.count("|") == header.count("|")
+    for row in report["rows"]:
+        line = next(line for line in table if line.startswith(f"| {row['label']} |"))
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        # label, load, one column per prompt length, decode, peak RSS, disk
+        assert len(cells) == 2 + len(report["settings"]["prompt_lengths"]) + 3
+        decode = float(cells[-3].split(" ")[0])
+        assert decode == pytest.approx(row["decode_tps"]["median"], rel=0.05, abs=0.01)
+        assert float(cells[-1]) == pytest.approx(row["disk_bytes"] / 2**20, abs=0.05)
+    for ratio in report["ratios"]:
+        assert any(line.startswith(f"| {ratio['name']} |") for line in table)
+
+
 def test_bench_chart_is_png(bench_run):
     _, _, _, out = bench_run
     data = (out / "chart.png").read_bytes()
@@ -240,7 +264,9 @@ def test_plan_references_skips_with_reason(tiny_bundle, tiny_llama):
     configs, skipped = bench.plan_references(tiny_bundle, manifest, compare, bench.BenchSettings())
     assert {c.id for c in configs} == REFERENCE_IDS
     reasons = {entry["id"]: entry["reason"] for entry in skipped}
-    assert "shadow-peft's format" in reasons["peft/combined/fp32/torch"]
+    for mode in ("combined", "detached"):
+        assert "shadow-peft's format" in reasons[f"peft/{mode}/fp32/torch"]
+        assert "--peft-adapter" in reasons[f"peft/{mode}/fp32/torch"]
     assert reasons["llama.cpp/detached"] == "the bundle has no GGUF file"
     assert reasons["llama.cpp/base"] == "no --base-gguf given"
 
@@ -273,6 +299,76 @@ def test_failed_reference_is_skipped(tiny_bundle, tiny_llama, tmp_path):
     failed = [entry for entry in report["skipped"] if entry["id"].startswith("llama.cpp/base")]
     assert len(failed) == 1
     assert failed[0]["reason"]
+
+
+@pytest.fixture(scope="module")
+def peft_timing_adapter(tiny_llama, tmp_path_factory) -> Path:
+    from shadow_edge.models.peft_timing import obtain_peft_timing_adapter
+
+    base, adapter = tiny_llama
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SHADOW_EDGE_CACHE", str(cache))
+        folder = obtain_peft_timing_adapter(base, adapter)
+        # A second call finds the cached copy instead of building another.
+        assert obtain_peft_timing_adapter(base, adapter) == folder
+    assert folder.parent == cache / "adapters"
+    return folder
+
+
+def test_peft_timing_adapter_has_adapter_sizes(tiny_llama, peft_timing_adapter):
+    from shadow_edge.checkpoint import Dialect, inspect_adapter
+
+    _, adapter = tiny_llama
+    source = inspect_adapter(adapter).settings
+    info = inspect_adapter(peft_timing_adapter)
+    assert info.dialect is Dialect.PEFT
+    assert info.settings["r"] == source["injection_hidden_size"]
+    assert info.settings["update_hidden_size"] == source["gate_hidden_size"]
+    assert info.settings["shadow_num_hidden_layers"] == source["num_shadow_layers"]
+    assert info.settings["shadow_intermediate_size"] == source["shadow_intermediate_size"]
+
+
+def test_peft_rows_with_peft_adapter(tiny_bundle, tiny_llama, peft_timing_adapter):
+    base, adapter = tiny_llama
+    report = bench.run_bench(
+        tiny_bundle,
+        bench.BenchSettings(prompt_lengths=(8,), new_tokens=4, repeats=1, threads=1),
+        modes=["detached"],
+        precisions=["int8"],
+        compare=bench.CompareSpec(
+            base=str(base),
+            adapter=str(adapter),
+            peft_adapter=str(peft_timing_adapter),
+            references=("peft",),
+        ),
+    )
+    rows = rows_by_id(report)
+    assert set(rows) == {
+        "shadow-edge/detached/int8/onnx",
+        "peft/combined/fp32/torch",
+        "peft/detached/fp32/torch",
+    }
+    for ref_id in ("peft/combined/fp32/torch", "peft/detached/fp32/torch"):
+        row = rows[ref_id]
+        assert row["decode_tokens"] == 4
+        assert row["decode_tps"]["median"] > 0
+        assert str(peft_timing_adapter) in row["note"]
+        assert any(path.startswith(str(peft_timing_adapter)) for path in row["files"])
+    ratios = {r["name"]: r for r in report["ratios"]}
+    unloaded = ratios["detached int8 decode vs peft unloaded shadow"]
+    assert unloaded["value"] == pytest.approx(
+        rows["shadow-edge/detached/int8/onnx"]["decode_tps"]["median"]
+        / rows["peft/detached/fp32/torch"]["decode_tps"]["median"]
+    )
+
+
+def test_bench_rejects_shadow_peft_folder_as_peft_adapter(capsys, tiny_bundle, tiny_llama):
+    _, adapter = tiny_llama
+    err = cli_error(
+        capsys, *compare_args(tiny_bundle, tiny_llama), "--peft-adapter", str(adapter)
+    )
+    assert f"--peft-adapter {adapter}: not a peft ShadowPEFT adapter" in err
 
 
 def test_failed_configuration_raises(tiny_bundle, tmp_path):

@@ -101,6 +101,22 @@ def test_manifest_contents(tiny_bundle, tiny_llama):
         assert len(data["files"][name]) == 64
 
 
+def test_weights_are_external_data(tiny_bundle):
+    import onnx
+
+    manifest = bundle.read_manifest(tiny_bundle)
+    for precision in ("fp32", "int8"):
+        for graph in ("shadow", "backbone"):
+            name = getattr(manifest, graph).files[precision]
+            data = bundle.external_data_name(name)
+            assert data in manifest.files
+            assert manifest.graph_files(precision, (graph,)) == [name, data]
+            model = onnx.load(str(tiny_bundle / name), load_external_data=False)
+            inline = [t.name for t in model.graph.initializer if len(t.raw_data) > 1024]
+            assert not inline, (name, inline)
+            assert (tiny_bundle / data).stat().st_size > 0
+
+
 def test_context_length_option(tiny_llama, tmp_path):
     base, adapter = tiny_llama
     out = export_bundle(base, adapter, tmp_path / "bundle", context=64)
