@@ -365,9 +365,7 @@ def test_peft_rows_with_peft_adapter(tiny_bundle, tiny_llama, peft_timing_adapte
 
 def test_bench_rejects_shadow_peft_folder_as_peft_adapter(capsys, tiny_bundle, tiny_llama):
     _, adapter = tiny_llama
-    err = cli_error(
-        capsys, *compare_args(tiny_bundle, tiny_llama), "--peft-adapter", str(adapter)
-    )
+    err = cli_error(capsys, *compare_args(tiny_bundle, tiny_llama), "--peft-adapter", str(adapter))
     assert f"--peft-adapter {adapter}: not a peft ShadowPEFT adapter" in err
 
 

@@ -18,8 +18,11 @@ from tiny_models import make_peft_adapter, make_shadow_peft_adapter
 pytestmark = pytest.mark.real_model
 
 DEMO_SHAPE = dict(
-    num_shadow_layers=1, shadow_intermediate_size=384, injection_hidden_size=16,
-    gate_hidden_size=16, alpha=0.1,
+    num_shadow_layers=1,
+    shadow_intermediate_size=384,
+    injection_hidden_size=16,
+    gate_hidden_size=16,
+    alpha=0.1,
 )
 
 
