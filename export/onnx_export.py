@@ -57,7 +57,8 @@ def move_weights_to_external_data(path: Path) -> None:
 
     onnxruntime maps external data from disk, while weights inside the graph file are parsed
     into a second copy first. On SmolLM2's int8 graphs that copy raised the loading peak
-    from about 300 to 500 MiB. It also lifts protobuf's 2 GiB limit on a graph file.
+    from about 300 to 500 MiB. Large models need external data anyway, because protobuf
+    caps a graph file at 2 GiB.
     """
     model = onnx.load(str(path))  # reads any external data the graph already has
     data = path.with_name(names.external_data_name(path.name))
@@ -71,6 +72,8 @@ def move_weights_to_external_data(path: Path) -> None:
         location=data.name,
         size_threshold=1024,
     )
+    # onnx creates the data file readable by its owner only, so copy the graph file's mode.
+    data.chmod(path.stat().st_mode & 0o777)
 
 
 def _export(module, args, input_names, output_names, dynamic_axes, path: Path) -> None:

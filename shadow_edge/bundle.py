@@ -45,7 +45,7 @@ PRECISIONS = ("fp32", "int8", "int4")
 
 
 def external_data_name(graph_file: str) -> str:
-    """Return the name of the file that holds a graph's weights (ONNX external data)."""
+    """Return the name of the file that contains a graph's weights (ONNX external data)."""
     return graph_file + ".data"
 
 

@@ -316,7 +316,7 @@ def peft_timing_adapter(tiny_llama, tmp_path_factory) -> Path:
     return folder
 
 
-def test_peft_timing_adapter_has_adapter_sizes(tiny_llama, peft_timing_adapter):
+def test_peft_timing_adapter_sizes(tiny_llama, peft_timing_adapter):
     from shadow_edge.checkpoint import Dialect, inspect_adapter
 
     _, adapter = tiny_llama
@@ -363,7 +363,7 @@ def test_peft_rows_with_peft_adapter(tiny_bundle, tiny_llama, peft_timing_adapte
     )
 
 
-def test_bench_rejects_shadow_peft_folder_as_peft_adapter(capsys, tiny_bundle, tiny_llama):
+def test_bench_rejects_wrong_peft_adapter(capsys, tiny_bundle, tiny_llama):
     _, adapter = tiny_llama
     err = cli_error(capsys, *compare_args(tiny_bundle, tiny_llama), "--peft-adapter", str(adapter))
     assert f"--peft-adapter {adapter}: not a peft ShadowPEFT adapter" in err

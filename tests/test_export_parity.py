@@ -115,6 +115,7 @@ def test_weights_are_external_data(tiny_bundle):
             inline = [t.name for t in model.graph.initializer if len(t.raw_data) > 1024]
             assert not inline, (name, inline)
             assert (tiny_bundle / data).stat().st_size > 0
+            assert (tiny_bundle / data).stat().st_mode == (tiny_bundle / name).stat().st_mode
 
 
 def test_context_length_option(tiny_llama, tmp_path):
