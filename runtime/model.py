@@ -124,7 +124,7 @@ class ShadowEdgeModel:
                 )
             if not self.manifest.gguf:
                 raise BundleError(
-                    f"{self.folder}: bundle has no {bundle.SHADOW_GGUF}; export it with --gguf"
+                    f"{self.folder} has no {bundle.SHADOW_GGUF}; export it with --gguf"
                 )
             self.precision = self.manifest.gguf["type"]
             path = self.folder / self.manifest.gguf["file"]

@@ -538,7 +538,11 @@ def _peft_adapter(compare: CompareSpec, adapter_is_peft: bool) -> tuple[str | No
     if compare.peft_adapter:
         from shadow_edge.checkpoint import Dialect, inspect_adapter
 
-        if inspect_adapter(compare.peft_adapter).dialect is not Dialect.PEFT:
+        try:
+            dialect = inspect_adapter(compare.peft_adapter).dialect
+        except ShadowEdgeError as exc:
+            raise BenchError(f"--peft-adapter {compare.peft_adapter}: {exc}") from exc
+        if dialect is not Dialect.PEFT:
             raise BenchError(
                 f"--peft-adapter {compare.peft_adapter}: not a peft ShadowPEFT adapter "
                 "(no adapter_config.json with peft_type SHADOW)"
@@ -731,7 +735,8 @@ def run_bench(
             except WorkerError as exc:
                 if config.engine == "shadow-edge":
                     raise BenchError(
-                        f"{config.label} failed: {exc}. Rerun with --debug to see the worker's log."
+                        f"{config.label} failed: {str(exc).rstrip('.')}. "
+                        "Rerun with --debug to see the worker's log."
                     ) from exc
                 logger.warning("%s failed, so it is left out: %s", config.label, exc)
                 skipped.append({"id": config.id, "label": config.label, "reason": str(exc)})

@@ -168,7 +168,9 @@ def read_manifest(bundle_dir: str | Path, verify_files: bool = True) -> Manifest
     for name, expected in manifest.files.items():
         file = folder / name
         if not file.is_file():
-            raise BundleError(f"{folder}: {name} is listed in {MANIFEST} but missing")
+            raise BundleError(
+                f"{folder}: {name} is listed in {MANIFEST} but missing. Export the bundle again."
+            )
         if verify_files and sha256_file(file) != expected:
             raise ChecksumError(
                 f"{file}: sha256 differs from {MANIFEST}; the file is corrupt or was changed. "

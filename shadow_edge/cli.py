@@ -27,7 +27,11 @@ def _add_export(sub) -> None:
     p.add_argument("--shadow-model", help="explicit shadow model folder, when the adapter uses one")
     p.add_argument("-o", "--output", required=True, help="bundle folder to write")
     p.add_argument("--fp32", action="store_true", help="keep float32 graphs (the default alone)")
-    p.add_argument("--int8", action="store_true", help="write int8 graphs (dynamic quantization)")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="write int8 graphs (weight-only 8-bit MatMulNBits, int8 embeddings)",
+    )
     p.add_argument("--int4", action="store_true", help="write 4-bit block-quantized graphs")
     p.add_argument("--int4-block-size", type=int, default=32, help="int4 block size (default 32)")
     p.add_argument(

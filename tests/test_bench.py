@@ -369,6 +369,24 @@ def test_bench_rejects_wrong_peft_adapter(capsys, tiny_bundle, tiny_llama):
     assert f"--peft-adapter {adapter}: not a peft ShadowPEFT adapter" in err
 
 
+def test_bench_peft_adapter_error_names_option(capsys, tiny_bundle, tiny_llama):
+    base, _ = tiny_llama
+    err = cli_error(capsys, *compare_args(tiny_bundle, tiny_llama), "--peft-adapter", str(base))
+    assert err.startswith(f"error: --peft-adapter {base}: ")
+    assert "not a shadow adapter checkpoint" in err
+
+
+def test_bench_demo_without_demo_says_run_demo(capsys, tmp_path, monkeypatch):
+    from shadow_edge.models import bench_demo
+
+    monkeypatch.setenv("SHADOW_EDGE_CACHE", str(tmp_path / "cache"))
+    assert bench_demo.main(["--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "Run `make demo` first" in err
+    # It stops before obtaining the base model.
+    assert not (tmp_path / "cache" / "models").exists()
+
+
 def test_failed_configuration_raises(tiny_bundle, tmp_path):
     copy = Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
     with open(copy / "shadow.onnx", "ab") as f:
