@@ -36,16 +36,30 @@ def adapter_nodes(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if any(m in n.name for m in ADAPTER_NODE_MARKERS)]
 
 
+class _DropPreprocessingHint(logging.Filter):
+    """A filter for the root logger that drops onnxruntime's quantization pre-processing hint.
+
+    quantize_dynamic logs it on every call. The exporter uses quantize_dynamic only for the
+    embedding Gather, which needs no shape inference or graph pre-processing.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Please consider to run pre-processing")
+
+
 @contextmanager
 def _quiet_quantizer():
     """Silence onnxruntime's per-node quantizer log lines (it sets its own logger to INFO)."""
     quantizer_logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     level = quantizer_logger.level
     quantizer_logger.setLevel(logging.CRITICAL)
+    hint_filter = _DropPreprocessingHint()
+    logging.getLogger().addFilter(hint_filter)
     try:
         yield
     finally:
         quantizer_logger.setLevel(level)
+        logging.getLogger().removeFilter(hint_filter)
 
 
 def _weight_only(model: onnx.ModelProto, bits: int, block_size: int, op_types: tuple[str, ...]):
@@ -89,13 +103,14 @@ def quantize_int8(source: Path, target: Path, block_size: int = DEFAULT_INT8_BLO
     model = _weight_only(onnx.load(str(source)), 8, block_size, ("MatMul",))
     # MatMulNBits quantizes no Gather at 8 bits, so the embedding table goes through the
     # dynamic quantizer: int8 rows with a DequantizeLinear after the lookup.
-    quantize_dynamic(
-        model,
-        str(target),
-        op_types_to_quantize=["Gather"],
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-    )
+    with _quiet_quantizer():
+        quantize_dynamic(
+            model,
+            str(target),
+            op_types_to_quantize=["Gather"],
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+        )
     logger.info("int8: %s (block size %d)", target.name, block_size)
 
 

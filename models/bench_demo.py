@@ -30,8 +30,8 @@ def bench_arguments(output: Path, extra: list[str]) -> list[str]:
     from shadow_edge.models.smollm2 import fetch_gguf, obtain_smollm2
     from shadow_edge.models.train import TrainSettings, adapter_cache_key, demo_adapter_dir
 
-    # The cache keys below hash the base model, so look for any demo output first: without
-    # one, the user needs `make demo`, not a model download.
+    # The cache keys below hash the base model. Without any demo bundle the user needs
+    # `make demo`, not a model download, so check for one first.
     if not any((cache_dir() / "bundles").glob("demo-*/manifest.json")):
         raise ShadowEdgeError(
             f"no demo bundle under {cache_dir() / 'bundles'}: the benchmark runs on the demo's "
