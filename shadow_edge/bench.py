@@ -431,18 +431,10 @@ def plan_references(
             elif missing:
                 skip(ref_id, label, f"{missing} is not installed")
             else:
+                options = {**hf_options, "inference_mode": inference_mode}
+                files = {**base_files, **adapter_files, **shadow_files}
                 configs.append(
-                    Configuration(
-                        id=ref_id,
-                        label=label,
-                        engine="shadow-peft",
-                        mode=mode,
-                        precision="fp32",
-                        backend="torch",
-                        options={**hf_options, "inference_mode": inference_mode},
-                        files={**base_files, **adapter_files, **shadow_files},
-                        note=SHADOW_PEFT_NOTE,
-                    )
+                    _torch_row(ref_id, label, "shadow-peft", mode, options, files, SHADOW_PEFT_NOTE)
                 )
 
     if "peft" in compare.references:
@@ -461,37 +453,19 @@ def plan_references(
             else:
                 if peft_adapter != compare.adapter:
                     note = f"{note}; adapter {peft_adapter}"
-                configs.append(
-                    Configuration(
-                        id=ref_id,
-                        label=label,
-                        engine="peft",
-                        mode=mode,
-                        precision="fp32",
-                        backend="torch",
-                        options={**hf_options, "adapter": peft_adapter},
-                        files={**base_files, **_folder_files(peft_adapter), **shadow_files},
-                        note=note,
-                    )
-                )
+                options = {**hf_options, "adapter": peft_adapter}
+                files = {**base_files, **_folder_files(peft_adapter), **shadow_files}
+                configs.append(_torch_row(ref_id, label, "peft", mode, options, files, note))
 
     if "transformers" in compare.references:
         ref_id, label = "transformers/base/fp32/torch", "transformers base fp32"
         if hf_missing:
             skip(ref_id, label, f"{hf_missing} is not installed")
         else:
+            note = "plain base model without the adapter, KV cache on"
+            options = {"base": compare.base}
             configs.append(
-                Configuration(
-                    id=ref_id,
-                    label=label,
-                    engine="transformers",
-                    mode="base",
-                    precision="fp32",
-                    backend="torch",
-                    options={"base": compare.base},
-                    files=base_files,
-                    note="plain base model without the adapter, KV cache on",
-                )
+                _torch_row(ref_id, label, "transformers", "base", options, base_files, note)
             )
 
     if "llama.cpp" in compare.references:
@@ -529,6 +503,21 @@ def plan_references(
                 )
             )
     return configs, skipped
+
+
+def _torch_row(ref_id, label, engine, mode, options, files, note) -> Configuration:
+    """Build a reference row that runs a torch library's `generate()` in float32."""
+    return Configuration(
+        id=ref_id,
+        label=label,
+        engine=engine,
+        mode=mode,
+        precision="fp32",
+        backend="torch",
+        options=options,
+        files=files,
+        note=note,
+    )
 
 
 def _peft_adapter(compare: CompareSpec, adapter_is_peft: bool) -> tuple[str | None, str | None]:
