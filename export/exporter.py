@@ -210,8 +210,6 @@ def export_bundle(
         shadow_cache = onnx_export.export_shadow_graph(spec, fp32_shadow)
         stage("tracing backbone graph")
         backbone_cache = onnx_export.export_backbone_graph(spec, fp32_backbone)
-        for source in (fp32_shadow, fp32_backbone):
-            onnx_export.move_weights_to_external_data(source)
 
         graph_files: dict[str, dict[str, str]] = {"shadow": {}, "backbone": {}}
         for precision in precisions:
@@ -225,7 +223,6 @@ def export_bundle(
                     quantize.quantize_int8(source, target)
                 else:
                     quantize.quantize_int4(source, target, block_size=int4_block_size)
-                onnx_export.move_weights_to_external_data(target)
                 graph_files[graph][precision] = target.name
         if "fp32" not in precisions:
             for source in (fp32_shadow, fp32_backbone):

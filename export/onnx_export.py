@@ -52,15 +52,14 @@ def _sample_inputs(spec: ShadowModelSpec, cache: CacheShape, with_shadow: bool):
     return (ids, mask, positions, logits_indices, *past)
 
 
-def move_weights_to_external_data(path: Path) -> None:
-    """Rewrite the graph at `path` with its weights in `<name>.data` beside it.
+def save_graph(model: onnx.ModelProto, path: Path) -> None:
+    """Write `model` to `path` with its weights in `<name>.data` beside it.
 
     onnxruntime maps external data from disk, while weights inside the graph file are parsed
     into a second copy first. On SmolLM2's int8 graphs that copy raised the loading peak
     from about 300 to 500 MiB. Large models need external data anyway, because protobuf
     caps a graph file at 2 GiB.
     """
-    model = onnx.load(str(path))  # reads any external data the graph already has
     data = path.with_name(names.external_data_name(path.name))
     # onnx appends to an existing data file, so start from an empty one.
     data.unlink(missing_ok=True)
@@ -74,6 +73,11 @@ def move_weights_to_external_data(path: Path) -> None:
     )
     # onnx creates the data file readable by its owner only, so copy the graph file's mode.
     data.chmod(path.stat().st_mode & 0o777)
+
+
+def move_weights_to_external_data(path: Path) -> None:
+    """Rewrite the graph at `path` with its weights in `<name>.data` (see `save_graph`)."""
+    save_graph(onnx.load(str(path)), path)  # onnx.load reads any external data already there
 
 
 def _export(module, args, input_names, output_names, dynamic_axes, path: Path) -> None:
@@ -90,6 +94,7 @@ def _export(module, args, input_names, output_names, dynamic_axes, path: Path) -
             dynamo=False,
             do_constant_folding=True,
         )
+    move_weights_to_external_data(path)
 
 
 def _cache_axes(cache: CacheShape):

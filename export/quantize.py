@@ -24,6 +24,8 @@ from pathlib import Path
 
 import onnx
 
+from shadow_edge.export.onnx_export import move_weights_to_external_data, save_graph
+
 logger = logging.getLogger(__name__)
 
 # Node-name fragments of the adapter modules in the traced graphs (module paths in graphs.py).
@@ -111,6 +113,7 @@ def quantize_int8(source: Path, target: Path, block_size: int = DEFAULT_INT8_BLO
             per_channel=True,
             weight_type=QuantType.QInt8,
         )
+    move_weights_to_external_data(target)
     logger.info("int8: %s (block size %d)", target.name, block_size)
 
 
@@ -124,5 +127,5 @@ def quantize_int4(source: Path, target: Path, block_size: int = DEFAULT_INT4_BLO
     if block_size < 16 or block_size & (block_size - 1):
         raise ValueError(f"int4 block size must be a power of two >= 16, got {block_size}")
     model = _weight_only(onnx.load(str(source)), 4, block_size, ("MatMul", "Gather"))
-    onnx.save(model, str(target))
+    save_graph(model, target)
     logger.info("int4: %s (block size %d)", target.name, block_size)

@@ -28,23 +28,23 @@ OUTPUT = Path("benchmarks")
 def bench_arguments(output: Path, extra: list[str]) -> list[str]:
     from shadow_edge.models.peft_timing import obtain_peft_timing_adapter
     from shadow_edge.models.smollm2 import fetch_gguf, obtain_smollm2
-    from shadow_edge.models.train import TrainSettings, adapter_cache_key, demo_adapter_dir
+    from shadow_edge.models.train import TrainSettings, demo_adapter_dir, demo_bundle_dir
 
     # The cache keys below hash the base model. Without any demo bundle the user needs
     # `make demo`, not a model download, so check for one first.
     if not any((cache_dir() / "bundles").glob("demo-*/manifest.json")):
         raise ShadowEdgeError(
-            f"no demo bundle under {cache_dir() / 'bundles'}: the benchmark runs on the demo's "
+            f"no demo bundle under {cache_dir() / 'bundles'}. The benchmark runs on the demo's "
             "adapter and bundle. Run `make demo` first."
         )
     base_dir = obtain_smollm2()
     settings = TrainSettings()
     adapter_dir = demo_adapter_dir(base_dir, settings)
-    bundle_dir = cache_dir() / "bundles" / f"demo-{adapter_cache_key(base_dir, settings)}"
+    bundle_dir = demo_bundle_dir(adapter_dir)
     for needed in (adapter_dir / "shadow_config.json", bundle_dir / "manifest.json"):
         if not needed.is_file():
             raise ShadowEdgeError(
-                f"{needed} not found: the benchmark runs on the demo's adapter and bundle. "
+                f"{needed} not found. The benchmark runs on the demo's adapter and bundle. "
                 "Run `make demo` first."
             )
     peft_adapter = obtain_peft_timing_adapter(base_dir, adapter_dir)

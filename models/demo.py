@@ -24,7 +24,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from shadow_edge.models import intent_task
-from shadow_edge.paths import cache_dir
 
 logger = logging.getLogger(__name__)
 console = Console()
@@ -130,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     from shadow_edge.models.smollm2 import obtain_smollm2
     from shadow_edge.models.train import (
         TrainSettings,
-        adapter_cache_key,
         demo_adapter_dir,
+        demo_bundle_dir,
         obtain_demo_adapter,
     )
 
@@ -182,8 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     from shadow_edge.export.verify import verify_bundle
     from shadow_edge.report import print_verify_table
 
-    key = adapter_cache_key(base_dir, settings)
-    bundle_dir = args.output or cache_dir() / "bundles" / f"demo-{key}"
+    bundle_dir = args.output or demo_bundle_dir(adapter_dir)
     bundle_dir.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with console.status("exporting bundle (fp32, int8 and int4 graphs, q8_0 GGUF)"):

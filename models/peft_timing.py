@@ -30,8 +30,8 @@ def peft_settings(shadow_peft_config: dict) -> dict:
         "shadow_num_attention_heads"
     ):
         raise ShadowEdgeError(
-            "a peft timing adapter copies only implicit shadows with the base's head layout; "
-            "this adapter sets its own attention heads"
+            "this adapter sets its own shadow attention heads, which a peft timing adapter "
+            "does not copy. Pass a peft adapter of the same sizes with --peft-adapter."
         )
     return {
         "task_type": "CAUSAL_LM",
@@ -61,8 +61,8 @@ def obtain_peft_timing_adapter(base_dir: Path, shadow_peft_adapter: Path) -> Pat
     info = inspect_adapter(shadow_peft_adapter)
     if info.dialect is not Dialect.SHADOW_PEFT:
         raise ShadowEdgeError(
-            f"{shadow_peft_adapter}: expected a shadow-peft adapter; a peft adapter needs no "
-            "timing copy, pass it to --adapter directly"
+            f"{shadow_peft_adapter}: expected a shadow-peft adapter. A peft adapter needs no "
+            "timing copy, so pass it to --adapter directly."
         )
     settings = peft_settings(info.settings)
     folder = cache_dir() / "adapters" / f"peft-timing-{_cache_key(base_dir, settings)}"

@@ -222,6 +222,11 @@ def demo_adapter_dir(base_dir: Path, settings: TrainSettings) -> Path:
     return cache_dir() / "adapters" / f"demo-{adapter_cache_key(base_dir, settings)}"
 
 
+def demo_bundle_dir(adapter_dir: Path) -> Path:
+    """Return where the demo caches the bundle it exports from `adapter_dir`."""
+    return cache_dir() / "bundles" / adapter_dir.name
+
+
 def obtain_demo_adapter(
     base_dir: Path,
     settings: TrainSettings | None = None,

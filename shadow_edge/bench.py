@@ -280,16 +280,9 @@ def _folder_files(folder: str | None) -> dict[str, int]:
     return _file_sizes(sorted(p for p in path.iterdir() if p.is_file()))
 
 
-def _bundle_files(folder: Path, manifest: bundle.Manifest, graphs: list[str]) -> dict[str, int]:
-    """Sizes of the manifest, the tokenizer and the graph files one configuration loads.
-
-    A graph's external data files (named after the graph, like `backbone.onnx.data`) count
-    with it.
-    """
-    names = [bundle.MANIFEST, TOKENIZER_FILE]
-    for graph in graphs:
-        names.append(graph)
-        names += sorted(n for n in manifest.files if n.startswith((graph + ".", graph + "_")))
+def _bundle_files(folder: Path, model_files: list[str]) -> dict[str, int]:
+    """Return the sizes of the manifest, the tokenizer and the model files a row loads."""
+    names = [bundle.MANIFEST, TOKENIZER_FILE, *model_files]
     return _file_sizes([folder / name for name in names])
 
 
@@ -322,9 +315,7 @@ def plan_configurations(
     for mode in modes:
         if "onnx" in backends:
             for precision in precisions:
-                graphs = [manifest.shadow.files[precision]]
-                if mode == "combined":
-                    graphs.append(manifest.backbone.files[precision])
+                graphs = ("shadow", "backbone") if mode == "combined" else ("shadow",)
                 configs.append(
                     Configuration(
                         id=f"shadow-edge/{mode}/{precision}/onnx",
@@ -334,7 +325,7 @@ def plan_configurations(
                         precision=precision,
                         backend="onnx",
                         options=dict(common),
-                        files=_bundle_files(folder, manifest, graphs),
+                        files=_bundle_files(folder, manifest.graph_files(precision, graphs)),
                     )
                 )
         if "gguf" in backends and mode == "detached":
@@ -348,7 +339,7 @@ def plan_configurations(
                     precision=gguf_type,
                     backend="gguf",
                     options=dict(common),
-                    files=_bundle_files(folder, manifest, [manifest.gguf["file"]]),
+                    files=_bundle_files(folder, [manifest.gguf["file"]]),
                 )
             )
     if not configs:

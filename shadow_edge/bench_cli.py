@@ -216,6 +216,18 @@ def _mib(value: int | None) -> str:
     return "n/a" if value is None else f"{value / MIB:.1f}"
 
 
+def _row_cells(row: dict[str, Any], lengths: list[int]) -> list[str]:
+    """Format a report row as table cells, in the order of the table's columns."""
+    return [
+        row["label"],
+        _median_range(row["load_s"], 1000),
+        *(_median_range(row["ttft_s"][str(n)], 1000) for n in lengths),
+        _median_range(row["decode_tps"]),
+        _mib(row["peak_rss_bytes"]),
+        _mib(row["disk_bytes"]),
+    ]
+
+
 def print_report(report: dict[str, Any], console) -> None:
     from rich.table import Table
 
@@ -235,14 +247,7 @@ def print_report(report: dict[str, Any], console) -> None:
     table.add_column("peak RSS MiB", justify="right")
     table.add_column("disk MiB", justify="right")
     for row in report["rows"]:
-        table.add_row(
-            row["label"],
-            _median_range(row["load_s"], 1000),
-            *(_median_range(row["ttft_s"][str(n)], 1000) for n in settings["prompt_lengths"]),
-            _median_range(row["decode_tps"]),
-            _mib(row["peak_rss_bytes"]),
-            _mib(row["disk_bytes"]),
-        )
+        table.add_row(*_row_cells(row, settings["prompt_lengths"]))
     console.print(table)
     console.print(
         "peak RSS: the worker process's maximum resident memory, interpreter and libraries "
@@ -294,15 +299,7 @@ def markdown_report(report: dict[str, Any]) -> str:
         "| --- | " + " | ".join("---:" for _ in range(len(lengths) + 4)) + " |",
     ]
     for row in report["rows"]:
-        cells = [
-            row["label"],
-            _median_range(row["load_s"], 1000),
-            *(_median_range(row["ttft_s"][str(n)], 1000) for n in lengths),
-            _median_range(row["decode_tps"]),
-            _mib(row["peak_rss_bytes"]),
-            _mib(row["disk_bytes"]),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(_row_cells(row, lengths)) + " |")
     for entry in report["skipped"]:
         lines.append("")
         lines.append(f"Skipped {entry['label']}: {entry['reason']}.")

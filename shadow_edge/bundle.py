@@ -115,7 +115,7 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
     def graph_files(self, precision: str, graphs: tuple[str, ...] = ("shadow", "backbone")):
-        """List the files the given graphs load at `precision`: each graph and its weights."""
+        """List the files the given graphs load at `precision`, each graph before its weights."""
         names = []
         for graph in graphs:
             name = getattr(self, graph).files[precision]

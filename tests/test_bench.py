@@ -35,6 +35,8 @@ REFERENCE_IDS = {
     "transformers/base/fp32/torch",
 }
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The same small run for calls to bench.run_bench.
+TINY_SETTINGS = bench.BenchSettings(prompt_lengths=(8,), new_tokens=4, repeats=1, threads=1)
 
 
 def run_cli(*args: str) -> tuple[int, str]:
@@ -285,7 +287,7 @@ def test_failed_reference_is_skipped(tiny_bundle, tiny_llama, tmp_path):
     writer.close()
     report = bench.run_bench(
         tiny_bundle,
-        bench.BenchSettings(prompt_lengths=(8,), new_tokens=4, repeats=1, threads=1),
+        TINY_SETTINGS,
         modes=["detached"],
         precisions=["fp32"],
         compare=bench.CompareSpec(
@@ -333,7 +335,7 @@ def test_peft_rows_with_peft_adapter(tiny_bundle, tiny_llama, peft_timing_adapte
     base, adapter = tiny_llama
     report = bench.run_bench(
         tiny_bundle,
-        bench.BenchSettings(prompt_lengths=(8,), new_tokens=4, repeats=1, threads=1),
+        TINY_SETTINGS,
         modes=["detached"],
         precisions=["int8"],
         compare=bench.CompareSpec(
@@ -394,7 +396,7 @@ def test_failed_configuration_raises(tiny_bundle, tmp_path):
     with pytest.raises(bench.BenchError, match=r"detached fp32 \(onnx\) failed: .*sha256"):
         bench.run_bench(
             copy,
-            bench.BenchSettings(prompt_lengths=(8,), new_tokens=4, repeats=1, threads=1),
+            TINY_SETTINGS,
             modes=["detached"],
             precisions=["fp32"],
         )
