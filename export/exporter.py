@@ -167,6 +167,7 @@ def export_bundle(
     shadow_model: str | Path | None = None,
     precisions: Sequence[str] = ("fp32",),
     int4_block_size: int = 32,
+    int4_scheme: str = "affine",
     gguf_type: str | None = None,
     context: int | None = None,
     force: bool = False,
@@ -185,6 +186,10 @@ def export_bundle(
     if "int4" in precisions and (int4_block_size < 16 or int4_block_size & (int4_block_size - 1)):
         raise ShadowEdgeError(
             f"--int4-block-size must be a power of two >= 16, got {int4_block_size}"
+        )
+    if "int4" in precisions and int4_scheme not in quantize.INT4_SCHEMES:
+        raise ShadowEdgeError(
+            f"unknown --int4-scheme {int4_scheme!r}; choose from {', '.join(quantize.INT4_SCHEMES)}"
         )
     if gguf_type is not None:
         from shadow_edge.export.gguf import SUPPORTED_GGUF_TYPES
@@ -222,7 +227,9 @@ def export_bundle(
                 if precision == "int8":
                     quantize.quantize_int8(source, target)
                 else:
-                    quantize.quantize_int4(source, target, block_size=int4_block_size)
+                    quantize.quantize_int4(
+                        source, target, block_size=int4_block_size, scheme=int4_scheme
+                    )
                 graph_files[graph][precision] = target.name
         if "fp32" not in precisions:
             for source in (fp32_shadow, fp32_backbone):
@@ -255,7 +262,7 @@ def export_bundle(
             base,
             adapter,
             shadow_model,
-            int4_block_size,
+            (int4_block_size, int4_scheme),
         )
         (tmp / bundle.MANIFEST).write_text(manifest.to_json())
     return out
@@ -291,7 +298,7 @@ def _build_manifest(
     base,
     adapter,
     shadow_model,
-    int4_block_size,
+    int4_settings,
 ) -> bundle.Manifest:
     import shadow_edge
 
@@ -330,7 +337,8 @@ def _build_manifest(
             "num_shadow_layers": spec.num_shadow_layers,
             "adapted_layers": spec.adapted_layers,
             "trained_shadow_head": spec.trained_shadow_head,
-            "int4_block_size": int4_block_size if "int4" in precisions else None,
+            "int4_block_size": int4_settings[0] if "int4" in precisions else None,
+            "int4_scheme": int4_settings[1] if "int4" in precisions else None,
             "exporter": f"shadow-edge {shadow_edge.__version__}",
         },
         gguf=gguf_info,

@@ -71,6 +71,9 @@ def save_graph(model: onnx.ModelProto, path: Path) -> None:
         location=data.name,
         size_threshold=1024,
     )
+    # A graph with only small tensors gets no data file from onnx. The bundle lists one for
+    # every graph, so write it empty.
+    data.touch()
     # onnx creates the data file readable by its owner only, so copy the graph file's mode.
     data.chmod(path.stat().st_mode & 0o777)
 

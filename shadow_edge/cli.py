@@ -35,6 +35,13 @@ def _add_export(sub) -> None:
     p.add_argument("--int4", action="store_true", help="write 4-bit block-quantized graphs")
     p.add_argument("--int4-block-size", type=int, default=32, help="int4 block size (default 32)")
     p.add_argument(
+        "--int4-scheme",
+        choices=("affine", "symmetric"),
+        default="affine",
+        help="affine: a scale and a minimum per block, like llama.cpp's Q4_1 (default); "
+        "symmetric: one scale per block, smaller and less accurate",
+    )
+    p.add_argument(
         "--gguf",
         metavar="TYPE",
         help="also write shadow.gguf for llama.cpp: f32, f16, q8_0, q4_k_m, ...",
@@ -134,6 +141,7 @@ def cmd_export(args) -> int:
             shadow_model=args.shadow_model,
             precisions=precisions,
             int4_block_size=args.int4_block_size,
+            int4_scheme=args.int4_scheme,
             gguf_type=args.gguf,
             context=args.context_length,
             force=args.force,

@@ -382,6 +382,10 @@ def test_no_bare_except_pass():
     [
         ({"gguf_type": "bogus"}, "unknown GGUF type 'bogus'; choose from f32, f16"),
         ({"precisions": ["int4"], "int4_block_size": 7}, "must be a power of two >= 16, got 7"),
+        (
+            {"precisions": ["int4"], "int4_scheme": "q4_1"},
+            "unknown --int4-scheme 'q4_1'; choose from affine, symmetric",
+        ),
     ],
 )
 def test_export_options_checked_first(tiny_llama, tmp_path, monkeypatch, kwargs, message):

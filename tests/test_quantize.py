@@ -30,6 +30,10 @@ def _ops(path) -> dict[str, int]:
     return counts
 
 
+def _node_names(path) -> list[str]:
+    return [node.name for node in onnx.load(str(path)).graph.node]
+
+
 def _bits(path) -> set[int]:
     model = onnx.load(str(path))
     return {
@@ -57,6 +61,8 @@ def test_int4_ops(quantized_bundle):
     assert _bits(path) == {4}
     assert ops.get("GatherBlockQuantized", 0) == 1
     assert manifest.source["int4_block_size"] == 32
+    assert manifest.source["int4_scheme"] == "affine"
+    assert sum(n.endswith("_offsets") for n in _node_names(path)) == ops["MatMulNBits"]
 
 
 @pytest.mark.parametrize("precision", ["int8", "int4"])
@@ -107,3 +113,108 @@ def test_int8_quantizer_drops_preprocessing_hint(tiny_bundle, tmp_path, caplog):
     assert (tmp_path / "shadow.int8.onnx").is_file()
     assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]
     assert "shadow.int8.onnx" in caplog.text  # our own log line still passes
+
+
+def _q4_1_weight(rng, k: int, n: int, block: int = 32) -> np.ndarray:
+    """A [K, N] weight that llama.cpp's Q4_1 stores exactly: scale * code + minimum per block."""
+    codes = rng.integers(0, 16, size=(n, k // block, block))
+    # Q4_1 maps each block's minimum to code 0 and its maximum to code 15.
+    codes[..., 0], codes[..., -1] = 0, 15
+    scale = rng.uniform(0.01, 0.05, size=(n, k // block, 1))
+    minimum = rng.uniform(-0.4, 0.0, size=(n, k // block, 1))
+    return (codes * scale + minimum).reshape(n, k).T.astype(np.float32)
+
+
+def _two_matmul_graph(path, w_a: np.ndarray, w_b: np.ndarray):
+    """x -> MatMul(w_a) -> y and x -> MatMul(w_b) -> z, both reading the same input."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    k = w_a.shape[0]
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w_a"], ["y"], name="/a/MatMul"),
+            helper.make_node("MatMul", ["x", "w_b"], ["z"], name="/b/MatMul"),
+        ],
+        "two",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", k])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", w_a.shape[1]]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", "seq", w_b.shape[1]]),
+        ],
+        [numpy_helper.from_array(w_a, "w_a"), numpy_helper.from_array(w_b, "w_b")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
+
+
+def _run(path, x):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})
+
+
+@pytest.mark.parametrize("block_size", [16, 32])
+def test_affine_int4_stores_q4_1_weights_exactly(tmp_path, block_size):
+    from shadow_edge.export.quantize import quantize_int4
+
+    rng = np.random.default_rng(0)
+    w_a, w_b = _q4_1_weight(rng, 96, 40, block_size), _q4_1_weight(rng, 96, 24, block_size)
+    w_a[:block_size, 0] = 0.25  # a constant block: scale 0
+    _two_matmul_graph(tmp_path / "fp32.onnx", w_a, w_b)
+    for scheme in ("affine", "symmetric"):
+        quantize_int4(tmp_path / "fp32.onnx", tmp_path / f"{scheme}.onnx", block_size, scheme)
+    # Identity rows read the dequantized weights back out of the graph: one nonzero per
+    # block survives MatMulNBits' int8 activation blocks without rounding.
+    eye = np.eye(96, dtype=np.float32)[None]
+    y, z = _run(tmp_path / "affine.onnx", eye)
+    np.testing.assert_allclose(y[0], w_a, atol=1e-6)
+    np.testing.assert_allclose(z[0], w_b, atol=1e-6)
+    y_sym, _ = _run(tmp_path / "symmetric.onnx", eye)
+    assert np.abs(y_sym[0] - w_a).max() > 1e-3  # symmetric codes cannot hold these weights
+
+    x = rng.standard_normal((2, 5, 96)).astype(np.float32)
+    y, z = _run(tmp_path / "affine.onnx", x)
+    assert np.abs(y - x @ w_a).max() < 0.02 * np.abs(x @ w_a).max()
+    assert np.abs(z - x @ w_b).max() < 0.02 * np.abs(x @ w_b).max()
+
+    ops = _ops(tmp_path / "affine.onnx")
+    # One block-sum MatMul for the shared input, one offset MatMul per weight.
+    assert ops == {"MatMulNBits": 2, "MatMul": 3, "Add": 2}
+
+
+def test_affine_int4_partial_block_fallback(tmp_path):
+    from shadow_edge.export.quantize import quantize_int4
+
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((48, 16)).astype(np.float32) * 0.1
+    _two_matmul_graph(tmp_path / "fp32.onnx", w, w[:, :8].copy())
+    quantize_int4(tmp_path / "fp32.onnx", tmp_path / "int4.onnx", 32, "affine")
+    ops = _ops(tmp_path / "int4.onnx")
+    assert ops == {"MatMulNBits": 2}  # onnxruntime's symmetric blocks, padded along K
+    x = rng.standard_normal((1, 3, 48)).astype(np.float32)
+    y, _ = _run(tmp_path / "int4.onnx", x)
+    assert np.abs(y - x @ w).max() < 0.1 * np.abs(x @ w).max()
+
+
+def test_int4_scheme_checked(tmp_path):
+    from shadow_edge.export.quantize import quantize_int4
+
+    with pytest.raises(ValueError, match="one of affine, symmetric; got 'q4_1'"):
+        quantize_int4(tmp_path / "in.onnx", tmp_path / "out.onnx", scheme="q4_1")
+
+
+def test_symmetric_int4_bundle(tmp_path):
+    base = make_base(tmp_path / "base", "llama", hidden_size=128, intermediate_size=256)
+    adapter = make_shadow_peft_adapter(tmp_path / "adapter", base, shadow_intermediate_size=64)
+    out = export_bundle(
+        base, adapter, tmp_path / "bundle", precisions=["fp32", "int4"], int4_scheme="symmetric"
+    )
+    manifest = bundle.read_manifest(out)
+    assert manifest.source["int4_scheme"] == "symmetric"
+    names = _node_names(out / manifest.backbone.files["int4"])
+    assert any(n.endswith("_Q4") for n in names)
+    assert not any(n.endswith("_offsets") for n in names)
+    ids = list(range(3, 40))
+    exact = load(out, mode="combined", precision="fp32").logits(ids)
+    quantized = load(out, mode="combined", precision="int4").logits(ids)
+    assert np.abs(quantized - exact).max() < 0.5 * np.abs(exact).max()
