@@ -185,11 +185,12 @@ def export_bundle(
         )
     if "int4" in precisions and (int4_block_size < 16 or int4_block_size & (int4_block_size - 1)):
         raise ShadowEdgeError(
-            f"--int4-block-size must be a power of two >= 16, got {int4_block_size}"
+            f"--int4-block-size must be a power of two >= 16, got {int4_block_size}; "
+            "use 16, 32, 64 or 128"
         )
-    if "int4" in precisions and int4_scheme not in quantize.INT4_SCHEMES:
+    if "int4" in precisions and int4_scheme not in bundle.INT4_SCHEMES:
         raise ShadowEdgeError(
-            f"unknown --int4-scheme {int4_scheme!r}; choose from {', '.join(quantize.INT4_SCHEMES)}"
+            f"unknown --int4-scheme {int4_scheme!r}; choose from {', '.join(bundle.INT4_SCHEMES)}"
         )
     if gguf_type is not None:
         from shadow_edge.export.gguf import SUPPORTED_GGUF_TYPES
@@ -217,6 +218,7 @@ def export_bundle(
         backbone_cache = onnx_export.export_backbone_graph(spec, fp32_backbone)
 
         graph_files: dict[str, dict[str, str]] = {"shadow": {}, "backbone": {}}
+        int4_fallback = 0  # MatMuls left symmetric by the affine scheme
         for precision in precisions:
             for graph, source in (("shadow", fp32_shadow), ("backbone", fp32_backbone)):
                 if precision == "fp32":
@@ -227,7 +229,7 @@ def export_bundle(
                 if precision == "int8":
                     quantize.quantize_int8(source, target)
                 else:
-                    quantize.quantize_int4(
+                    int4_fallback += quantize.quantize_int4(
                         source, target, block_size=int4_block_size, scheme=int4_scheme
                     )
                 graph_files[graph][precision] = target.name
@@ -262,7 +264,7 @@ def export_bundle(
             base,
             adapter,
             shadow_model,
-            (int4_block_size, int4_scheme),
+            (int4_block_size, int4_scheme, int4_fallback),
         )
         (tmp / bundle.MANIFEST).write_text(manifest.to_json())
     return out
@@ -314,6 +316,14 @@ def _build_manifest(
     ]
     if gguf_info:
         notes.append(f"{bundle.SHADOW_GGUF} is the detached shadow as a stock llama.cpp model")
+    block_size, scheme, fallback = int4_settings
+    if "int4" in precisions and fallback:
+        note = (
+            f"int4: {fallback} MatMuls have an input size that is not a multiple of the block "
+            f"size {block_size}, so they use symmetric blocks instead of {scheme} ones"
+        )
+        logger.warning("%s; a smaller --int4-block-size avoids this", note)
+        notes.append(note)
     return bundle.Manifest(
         format_version=bundle.FORMAT_VERSION,
         architecture=spec.base_config.model_type,
@@ -337,8 +347,8 @@ def _build_manifest(
             "num_shadow_layers": spec.num_shadow_layers,
             "adapted_layers": spec.adapted_layers,
             "trained_shadow_head": spec.trained_shadow_head,
-            "int4_block_size": int4_settings[0] if "int4" in precisions else None,
-            "int4_scheme": int4_settings[1] if "int4" in precisions else None,
+            "int4_block_size": block_size if "int4" in precisions else None,
+            "int4_scheme": scheme if "int4" in precisions else None,
             "exporter": f"shadow-edge {shadow_edge.__version__}",
         },
         gguf=gguf_info,

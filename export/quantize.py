@@ -31,6 +31,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from shadow_edge import bundle
 from shadow_edge.export.onnx_export import move_weights_to_external_data, save_graph
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,6 @@ logger = logging.getLogger(__name__)
 ADAPTER_NODE_MARKERS = ("/injections.", "/updates.")
 DEFAULT_INT4_BLOCK_SIZE = 32
 DEFAULT_INT8_BLOCK_SIZE = 64
-INT4_SCHEMES = ("affine", "symmetric")
 DEFAULT_INT4_SCHEME = "affine"
 
 
@@ -103,7 +103,9 @@ def _weight_only(
         algo_config=config,
         bits=bits,
     )
-    with _quiet_quantizer():
+    # onnxruntime divides by each block's scale before masking zero scales, so an all-zero
+    # block (a padding token's embedding row) raises numpy warnings about a harmless NaN.
+    with _quiet_quantizer(), np.errstate(divide="ignore", invalid="ignore"):
         quantizer.process()
     return quantizer.model.model
 
@@ -253,22 +255,29 @@ def quantize_int4(
     target: Path,
     block_size: int = DEFAULT_INT4_BLOCK_SIZE,
     scheme: str = DEFAULT_INT4_SCHEME,
-) -> None:
+) -> int:
     """Write a 4-bit block-quantized copy of `source` (MatMulNBits, GatherBlockQuantized).
 
     `scheme` "affine" stores a scale and a minimum per MatMul block (see _affine_int4_matmuls);
     "symmetric" is onnxruntime's default, one scale per block around zero. The embedding
-    table is symmetric 4-bit in both.
+    table is symmetric 4-bit in both. Returns how many MatMuls got symmetric blocks although
+    `scheme` is "affine", because their K is not a multiple of `block_size`.
     """
     if block_size < 16 or block_size & (block_size - 1):
         raise ValueError(f"int4 block size must be a power of two >= 16, got {block_size}")
-    if scheme not in INT4_SCHEMES:
-        raise ValueError(f"int4 scheme must be one of {', '.join(INT4_SCHEMES)}; got {scheme!r}")
+    if scheme not in bundle.INT4_SCHEMES:
+        raise ValueError(
+            f"int4 scheme must be one of {', '.join(bundle.INT4_SCHEMES)}; got {scheme!r}"
+        )
     model = onnx.load(str(source))
     keep_float = frozenset()
     if scheme == "affine":
         keep_float = frozenset(_affine_int4_matmuls(model, block_size))
+    affine = sum(1 for n in model.graph.node if n.op_type == "MatMulNBits")
     # MatMuls that the affine pass skipped (K not whole blocks) get symmetric blocks here.
     model = _weight_only(model, 4, block_size, ("MatMul", "Gather"), keep_float)
+    quantized = sum(1 for n in model.graph.node if n.op_type == "MatMulNBits")
+    fallback = quantized - affine if scheme == "affine" else 0
     save_graph(model, target)
     logger.info("int4: %s (%s, block size %d)", target.name, scheme, block_size)
+    return fallback

@@ -42,6 +42,7 @@ SHADOW_HIDDEN = "shadow_hidden"
 LOGITS = "logits"
 
 PRECISIONS = ("fp32", "int8", "int4")
+INT4_SCHEMES = ("affine", "symmetric")
 
 
 def external_data_name(graph_file: str) -> str:

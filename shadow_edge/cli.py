@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 
+from shadow_edge import bundle
 from shadow_edge.errors import ShadowEdgeError
 
 logger = logging.getLogger("shadow_edge")
@@ -26,20 +27,28 @@ def _add_export(sub) -> None:
     p.add_argument("--adapter", required=True, help="shadow adapter folder (shadow-peft or peft)")
     p.add_argument("--shadow-model", help="explicit shadow model folder, when the adapter uses one")
     p.add_argument("-o", "--output", required=True, help="bundle folder to write")
-    p.add_argument("--fp32", action="store_true", help="keep float32 graphs (the default alone)")
+    p.add_argument(
+        "--fp32",
+        action="store_true",
+        help="write float32 graphs (the default when no other precision is given)",
+    )
     p.add_argument(
         "--int8",
         action="store_true",
         help="write int8 graphs (weight-only 8-bit MatMulNBits, int8 embeddings)",
     )
     p.add_argument("--int4", action="store_true", help="write 4-bit block-quantized graphs")
-    p.add_argument("--int4-block-size", type=int, default=32, help="int4 block size (default 32)")
+    p.add_argument(
+        "--int4-block-size",
+        type=int,
+        help="weights per int4 block along each MatMul's input dimension: a power of two "
+        ">= 16 (default 32; with --int4)",
+    )
     p.add_argument(
         "--int4-scheme",
-        choices=("affine", "symmetric"),
-        default="affine",
+        choices=bundle.INT4_SCHEMES,
         help="affine: a scale and a minimum per block, like llama.cpp's Q4_1 (default); "
-        "symmetric: one scale per block, smaller and less accurate",
+        "symmetric: one scale per block, smaller and less accurate (with --int4)",
     )
     p.add_argument(
         "--gguf",
@@ -123,6 +132,12 @@ def cmd_export(args) -> int:
     from shadow_edge.export.exporter import export_bundle
 
     precisions = [p for p in ("fp32", "int8", "int4") if getattr(args, p)] or ["fp32"]
+    # Unset int4 options keep export_bundle's defaults. Set ones need --int4.
+    int4_settings = {"int4_block_size": args.int4_block_size, "int4_scheme": args.int4_scheme}
+    for name, value in int4_settings.items():
+        if value is not None and "int4" not in precisions:
+            option = "--" + name.replace("_", "-")
+            raise ShadowEdgeError(f"{option} applies to int4 graphs only; add --int4 or drop it")
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=False
     ) as progress:
@@ -140,8 +155,7 @@ def cmd_export(args) -> int:
             args.output,
             shadow_model=args.shadow_model,
             precisions=precisions,
-            int4_block_size=args.int4_block_size,
-            int4_scheme=args.int4_scheme,
+            **{k: v for k, v in int4_settings.items() if v is not None},
             gguf_type=args.gguf,
             context=args.context_length,
             force=args.force,

@@ -364,6 +364,23 @@ def test_cli_invalid_value(tiny_bundle):
     assert "top_p must be in (0, 1], got 2.0" in done.stderr
 
 
+@pytest.mark.parametrize(
+    "flags, option",
+    [
+        (["--int4-scheme", "symmetric"], "--int4-scheme"),
+        (["--int8", "--int4-block-size", "16"], "--int4-block-size"),
+    ],
+)
+def test_cli_int4_options_need_int4(tmp_path, flags, option):
+    out = tmp_path / "bundle"
+    done = _cli(
+        "export", "--base", str(tmp_path), "--adapter", str(tmp_path), "-o", str(out), *flags
+    )
+    assert done.returncode == 2
+    assert f"error: {option} applies to int4 graphs only; add --int4 or drop it" in done.stderr
+    assert not out.exists()
+
+
 def test_no_bare_except_pass():
     root = Path(__file__).parents[1]
     offenders = []

@@ -218,3 +218,29 @@ def test_symmetric_int4_bundle(tmp_path):
     exact = load(out, mode="combined", precision="fp32").logits(ids)
     quantized = load(out, mode="combined", precision="int4").logits(ids)
     assert np.abs(quantized - exact).max() < 0.5 * np.abs(exact).max()
+
+
+def test_affine_int4_fallback_in_manifest(tmp_path, caplog):
+    # Hidden size 96 is not a multiple of 64, so every MatMul reading the hidden state falls
+    # back to symmetric blocks; the MLP down projection (K = 192) stays affine.
+    base = make_base(tmp_path / "base", "llama", hidden_size=96, intermediate_size=192)
+    adapter = make_shadow_peft_adapter(tmp_path / "adapter", base, shadow_intermediate_size=64)
+    with caplog.at_level(logging.WARNING):
+        out = export_bundle(
+            base, adapter, tmp_path / "bundle", precisions=["int4"], int4_block_size=64
+        )
+    manifest = bundle.read_manifest(out)
+    notes = [n for n in manifest.notes if n.startswith("int4:")]
+    assert len(notes) == 1
+    fallback = int(notes[0].split()[1])
+    graphs = [out / manifest.backbone.files["int4"], out / manifest.shadow.files["int4"]]
+    quantized = sum(_ops(path).get("MatMulNBits", 0) for path in graphs)
+    affine = sum(n.endswith("_offsets") for path in graphs for n in _node_names(path))
+    assert affine > 0
+    assert fallback == quantized - affine
+    assert "smaller --int4-block-size" in caplog.text
+
+
+def test_affine_int4_no_fallback_note(quantized_bundle):
+    manifest = bundle.read_manifest(quantized_bundle)
+    assert not [n for n in manifest.notes if n.startswith("int4:")]

@@ -79,15 +79,23 @@ def test_verify_passes_fp32(real_bundle, real_spec):
         assert m.teacher_forced_top1 == 1.0
 
 
-def test_int8_size_and_agreement(real_bundle, real_spec):
-    manifest = bundle.read_manifest(real_bundle)
-    size = {
-        p: sum((real_bundle / name).stat().st_size for name in manifest.graph_files(p))
-        for p in ("fp32", "int8")
+@pytest.fixture(scope="module")
+def quantized_report(real_bundle, real_spec):
+    return verify_bundle(real_bundle, real_spec, num_prompts=4, max_new_tokens=32)
+
+
+def _graph_sizes(folder) -> dict[str, int]:
+    manifest = bundle.read_manifest(folder)
+    return {
+        p: sum((folder / name).stat().st_size for name in manifest.graph_files(p))
+        for p in manifest.precisions
     }
+
+
+def test_int8_size_and_agreement(real_bundle, quantized_report):
+    size = _graph_sizes(real_bundle)
     assert size["int8"] <= 0.30 * size["fp32"], size
-    report = verify_bundle(real_bundle, real_spec, num_prompts=4, max_new_tokens=32)
-    int8 = {m.mode: m for m in report.modes if m.precision == "int8"}
+    int8 = {m.mode: m for m in quantized_report.modes if m.precision == "int8"}
     # A randomly perturbed adapter has flatter logits than a trained one, so these floors
     # sit below verify's own thresholds for trained adapters.
     assert int8["combined"].teacher_forced_top1 >= 0.9, int8["combined"]
@@ -111,15 +119,12 @@ def _affine_int4_weights(path) -> dict[str, np.ndarray]:
     return weights
 
 
-def test_int4_keeps_smollm2_projections_exact(real_bundle, real_spec):
-    manifest = bundle.read_manifest(real_bundle)
-    size = {
-        p: sum((real_bundle / name).stat().st_size for name in manifest.graph_files(p))
-        for p in ("fp32", "int4")
-    }
+def test_int4_keeps_smollm2_projections_exact(real_bundle, quantized_report):
+    size = _graph_sizes(real_bundle)
     assert size["int4"] <= 0.20 * size["fp32"], size
     # SmolLM2's released weights come from a Q4_1 GGUF, so the affine blocks of 32 hold
     # every projection of the backbone without loss.
+    manifest = bundle.read_manifest(real_bundle)
     fp32 = onnx.load(str(real_bundle / manifest.backbone.files["fp32"]))
     tensors = {t.name: t for t in fp32.graph.initializer}
     int4 = _affine_int4_weights(real_bundle / manifest.backbone.files["int4"])
@@ -129,8 +134,8 @@ def test_int4_keeps_smollm2_projections_exact(real_bundle, real_spec):
         exact = numpy_helper.to_array(tensors[node.input[1]])
         np.testing.assert_allclose(int4[node.name], exact, atol=1e-6, err_msg=node.name)
 
-    report = verify_bundle(real_bundle, real_spec, num_prompts=4, max_new_tokens=32)
-    combined = next(m for m in report.modes if m.precision == "int4" and m.mode == "combined")
+    modes = quantized_report.modes
+    combined = next(m for m in modes if m.precision == "int4" and m.mode == "combined")
     # The random adapter's flat logits again: the trained demo adapter scores 100% here.
     assert combined.teacher_forced_top1 >= 0.85, combined
 
