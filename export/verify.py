@@ -24,6 +24,7 @@ import torch
 
 from shadow_edge import bundle as bundle_names
 from shadow_edge.bundle import read_manifest
+from shadow_edge.errors import ShadowEdgeError
 from shadow_edge.models import intent_task
 from shadow_edge.runtime.model import ShadowEdgeModel
 
@@ -148,6 +149,22 @@ def task_exact_match(runtime: ShadowEdgeModel, n: int, max_new_tokens: int = 48)
     return intent_task.score(answers, examples)["exact_match"]
 
 
+def _check_context(runtime, examples: int, max_new_tokens: int) -> None:
+    """Raise before any work when the held-out prompts do not fit the bundle's context."""
+    context = runtime.context_length
+    longest = 0
+    for messages, answer in default_prompts(examples):
+        prompt = len(runtime.encode(messages))
+        answer_tokens = len(runtime.codec.encode(answer)) + 1  # the answer and its EOS
+        longest = max(longest, prompt + max(1, answer_tokens))
+    if longest > context:
+        raise ShadowEdgeError(
+            f"the bundle's context length is {context} tokens, but verify's held-out prompts "
+            f"with their answers need up to {longest}. Export with --context-length "
+            f"{longest + max_new_tokens} or more to verify this model."
+        )
+
+
 def verify_bundle(
     bundle_dir: str | Path,
     spec,
@@ -171,6 +188,9 @@ def verify_bundle(
             runtime = ShadowEdgeModel(
                 folder, mode=mode, precision=precision, threads=threads, verify_files=False
             )
+            if not modes:
+                used = max(num_prompts, task_examples, gguf_prompts if manifest.gguf else 0)
+                _check_context(runtime, used, max_new_tokens)
             detached = mode == "detached"
             report = ModeReport(precision=precision, mode=mode, prompts=len(prompts))
             agree = total = 0

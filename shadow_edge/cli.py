@@ -178,6 +178,8 @@ def cmd_verify(args) -> int:
     from shadow_edge.export.verify import verify_bundle
     from shadow_edge.report import print_verify_table
 
+    # A bad bundle path fails before the slow model load. verify_bundle checks the hashes.
+    bundle.read_manifest(args.bundle, verify_files=False)
     spec = load_model(args.base, args.adapter, shadow_model=args.shadow_model)
     report = verify_bundle(
         args.bundle,

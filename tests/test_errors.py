@@ -430,3 +430,22 @@ def test_cli_verify_rejects_zero_prompts(tiny_bundle, tiny_llama):
     )
     assert done.returncode == 2
     assert "--prompts must be >= 1, got 0" in done.stderr
+
+
+def test_cli_verify_context_too_short(tiny_llama, tmp_path):
+    base, adapter = tiny_llama
+    out = export_bundle(base, adapter, tmp_path / "bundle", context=32)
+    done = _cli("verify", str(out), "--base", str(base), "--adapter", str(adapter))
+    assert done.returncode == 2
+    assert "the bundle's context length is 32 tokens" in done.stderr
+    assert "Export with --context-length" in done.stderr
+    assert "--truncate" not in done.stderr
+
+
+def test_cli_verify_checks_bundle_first(tmp_path):
+    # A missing base would fail too, so the bundle error proves the bundle came first.
+    done = _cli(
+        "verify", str(tmp_path / "nowhere"), "--base", str(tmp_path / "no-base"), "--adapter", "x"
+    )
+    assert done.returncode == 2
+    assert f"bundle folder {tmp_path / 'nowhere'} not found" in done.stderr
