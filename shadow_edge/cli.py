@@ -138,6 +138,7 @@ def cmd_export(args) -> int:
         if value is not None and "int4" not in precisions:
             option = "--" + name.replace("_", "-")
             raise ShadowEdgeError(f"{option} applies to int4 graphs only; add --int4 or drop it")
+    _quiet_transformers(args.debug)
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=False
     ) as progress:
@@ -167,6 +168,25 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _quiet_transformers(debug: bool) -> None:
+    """Hide transformers' loading bars and deprecation notices, which are not the user's to fix.
+
+    shadow-peft 0.1.1 passes `past_key_values`, which transformers 5 reports as deprecated on
+    every forward call of the reference model. `--debug` keeps all of it.
+    """
+    if debug:
+        return
+    import warnings
+
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    warnings.filterwarnings(
+        "ignore", message=r".*`past_key_values` is deprecated", category=FutureWarning
+    )
+
+
 def cmd_verify(args) -> int:
     from shadow_edge.export.load import load_model
 
@@ -180,6 +200,7 @@ def cmd_verify(args) -> int:
 
     # A bad bundle path fails before the slow model load. verify_bundle checks the hashes.
     bundle.read_manifest(args.bundle, verify_files=False)
+    _quiet_transformers(args.debug)
     spec = load_model(args.base, args.adapter, shadow_model=args.shadow_model)
     report = verify_bundle(
         args.bundle,

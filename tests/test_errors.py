@@ -449,3 +449,13 @@ def test_cli_verify_checks_bundle_first(tmp_path):
     )
     assert done.returncode == 2
     assert f"bundle folder {tmp_path / 'nowhere'} not found" in done.stderr
+
+
+def test_cli_verify_hides_transformers_noise(tiny_bundle, tiny_llama):
+    base, adapter = tiny_llama
+    args = ["verify", str(tiny_bundle), "--base", str(base), "--adapter", str(adapter)]
+    done = _cli(*args, "--prompts", "2", "--max-new-tokens", "4")
+    assert done.returncode == 0, done.stderr
+    assert "Loading weights" not in done.stderr
+    assert "FutureWarning" not in done.stderr
+    assert "deprecated" not in done.stderr
