@@ -322,7 +322,7 @@ def _build_manifest(
             f"int4: {fallback} MatMuls have an input size that is not a multiple of the block "
             f"size {block_size}, so they use symmetric blocks instead of {scheme} ones"
         )
-        logger.warning("%s; a smaller --int4-block-size avoids this", note)
+        logger.warning("%s. A smaller --int4-block-size avoids this.", note)
         notes.append(note)
     return bundle.Manifest(
         format_version=bundle.FORMAT_VERSION,

@@ -27,6 +27,7 @@ from shadow_edge.bundle import read_manifest
 from shadow_edge.errors import ShadowEdgeError
 from shadow_edge.models import intent_task
 from shadow_edge.runtime.model import ShadowEdgeModel
+from shadow_edge.runtime.text import TextCodec
 
 logger = logging.getLogger(__name__)
 
@@ -149,19 +150,30 @@ def task_exact_match(runtime: ShadowEdgeModel, n: int, max_new_tokens: int = 48)
     return intent_task.score(answers, examples)["exact_match"]
 
 
-def _check_context(runtime, examples: int, max_new_tokens: int) -> None:
-    """Raise before any work when the held-out prompts do not fit the bundle's context."""
-    context = runtime.context_length
+def check_context(
+    bundle_dir: str | Path,
+    num_prompts: int,
+    task_examples: int = 0,
+    gguf_prompts: int = 0,
+) -> None:
+    """Raise when verify's held-out prompts with their answers do not fit the bundle's context.
+
+    Needs only the manifest and tokenizer, so callers run it before loading any model.
+    """
+    folder = Path(bundle_dir)
+    manifest = read_manifest(folder, verify_files=False)
+    codec = TextCodec(folder, manifest.special_tokens, manifest.chat_template)
+    examples = max(num_prompts, task_examples, gguf_prompts if manifest.gguf else 0)
     longest = 0
     for messages, answer in default_prompts(examples):
-        prompt = len(runtime.encode(messages))
-        answer_tokens = len(runtime.codec.encode(answer)) + 1  # the answer and its EOS
-        longest = max(longest, prompt + max(1, answer_tokens))
-    if longest > context:
+        prompt = len(codec.encode_chat(messages))
+        answer_tokens = len(codec.encode(answer)) + 1  # the reference answer and its EOS
+        longest = max(longest, prompt + answer_tokens)
+    if longest > manifest.context_length:
         raise ShadowEdgeError(
-            f"the bundle's context length is {context} tokens, but verify's held-out prompts "
-            f"with their answers need up to {longest}. Export with --context-length "
-            f"{longest + max_new_tokens} or more to verify this model."
+            f"the bundle's context length is {manifest.context_length} tokens, but verify's "
+            f"held-out prompts with their answers need up to {longest}. Export with "
+            f"--context-length {longest} or more to verify this model."
         )
 
 
@@ -179,6 +191,7 @@ def verify_bundle(
     """Compare every precision and mode of a bundle with the reference model in `spec`."""
     folder = Path(bundle_dir)
     manifest = read_manifest(folder)
+    check_context(folder, num_prompts, task_examples, gguf_prompts)
     prompts = default_prompts(num_prompts)
     modes: list[ModeReport] = []
     for precision in manifest.precisions:
@@ -188,9 +201,6 @@ def verify_bundle(
             runtime = ShadowEdgeModel(
                 folder, mode=mode, precision=precision, threads=threads, verify_files=False
             )
-            if not modes:
-                used = max(num_prompts, task_examples, gguf_prompts if manifest.gguf else 0)
-                _check_context(runtime, used, max_new_tokens)
             detached = mode == "detached"
             report = ModeReport(precision=precision, mode=mode, prompts=len(prompts))
             agree = total = 0

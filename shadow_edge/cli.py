@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     from shadow_edge.bench_cli import add_bench
 
     add_bench(sub)
+    # Accept --debug after the command too. SUPPRESS keeps an absent flag from resetting
+    # the value parsed before the command.
+    for command in sub.choices.values():
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return parser
 
 
@@ -137,7 +143,7 @@ def cmd_export(args) -> int:
     for name, value in int4_settings.items():
         if value is not None and "int4" not in precisions:
             option = "--" + name.replace("_", "-")
-            raise ShadowEdgeError(f"{option} applies to int4 graphs only; add --int4 or drop it")
+            raise ShadowEdgeError(f"{option} applies to int4 graphs only. Add --int4 or drop it.")
     _quiet_transformers(args.debug)
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=False
@@ -195,11 +201,11 @@ def cmd_verify(args) -> int:
             raise ShadowEdgeError(
                 f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}"
             )
-    from shadow_edge.export.verify import verify_bundle
+    from shadow_edge.export.verify import check_context, verify_bundle
     from shadow_edge.report import print_verify_table
 
-    # A bad bundle path fails before the slow model load. verify_bundle checks the hashes.
-    bundle.read_manifest(args.bundle, verify_files=False)
+    # A bad bundle path or a short context fails before the slow model load.
+    check_context(args.bundle, args.prompts, args.task_examples, args.gguf_prompts)
     _quiet_transformers(args.debug)
     spec = load_model(args.base, args.adapter, shadow_model=args.shadow_model)
     report = verify_bundle(

@@ -377,7 +377,7 @@ def test_cli_int4_options_need_int4(tmp_path, flags, option):
         "export", "--base", str(tmp_path), "--adapter", str(tmp_path), "-o", str(out), *flags
     )
     assert done.returncode == 2
-    assert f"error: {option} applies to int4 graphs only; add --int4 or drop it" in done.stderr
+    assert f"error: {option} applies to int4 graphs only. Add --int4 or drop it." in done.stderr
     assert not out.exists()
 
 
@@ -440,6 +440,35 @@ def test_cli_verify_context_too_short(tiny_llama, tmp_path):
     assert "the bundle's context length is 32 tokens" in done.stderr
     assert "Export with --context-length" in done.stderr
     assert "--truncate" not in done.stderr
+
+
+def test_cli_verify_context_checked_before_model_load(tiny_llama, tmp_path):
+    base, adapter = tiny_llama
+    out = export_bundle(base, adapter, tmp_path / "bundle", context=32)
+    done = _cli("verify", str(out), "--base", str(tmp_path / "no-base"), "--adapter", str(adapter))
+    assert done.returncode == 2
+    assert "the bundle's context length is 32 tokens" in done.stderr
+
+
+def test_verify_context_suggestion_is_enough(tiny_llama, tmp_path):
+    from shadow_edge.export.verify import check_context
+
+    base, adapter = tiny_llama
+    short = export_bundle(base, adapter, tmp_path / "short", context=32)
+    with pytest.raises(ShadowEdgeError, match="--context-length") as caught:
+        check_context(short, num_prompts=16)
+    needed = int(str(caught.value).split("--context-length ")[1].split()[0])
+    enough = export_bundle(base, adapter, tmp_path / "enough", context=needed)
+    check_context(enough, num_prompts=16)
+    too_short = export_bundle(base, adapter, tmp_path / "too-short", context=needed - 1)
+    with pytest.raises(ShadowEdgeError, match=f"need up to {needed}"):
+        check_context(too_short, num_prompts=16)
+
+
+def test_cli_debug_after_command(tmp_path):
+    done = _cli("run", str(tmp_path / "nowhere"), "--prompt", "hi", "--debug")
+    assert done.returncode != 0
+    assert "Traceback" in done.stderr
 
 
 def test_cli_verify_checks_bundle_first(tmp_path):
