@@ -185,8 +185,8 @@ def export_bundle(
         )
     if "int4" in precisions and (int4_block_size < 16 or int4_block_size & (int4_block_size - 1)):
         raise ShadowEdgeError(
-            f"--int4-block-size must be a power of two >= 16, got {int4_block_size}; "
-            "use 16, 32, 64 or 128"
+            f"--int4-block-size must be a power of two >= 16, got {int4_block_size}. "
+            "Use 16, 32, 64 or 128."
         )
     if "int4" in precisions and int4_scheme not in bundle.INT4_SCHEMES:
         raise ShadowEdgeError(
